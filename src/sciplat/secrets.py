@@ -1,0 +1,216 @@
+"""Platform secrets: declared per role, generated once, kept in an ansible-vault file.
+
+Roles declare what they need in `roles/<role>/meta/secrets.yml` (components that
+are not a role yet in `playbooks/secrets/<component>.yml`):
+
+    secrets:
+      postgresql_example_password: {kind: password, length: 32, description: ...}
+
+`ensure()` adds every declared secret that is missing from
+`<inventory>/secrets.vault.yml` and never touches one that exists, so passwords,
+keys and the CA survive every later run. The vault password comes from
+SCIPLAT_VAULT_PASSWORD, or the file named by SCIPLAT_VAULT_PASSWORD_FILE, or a
+per-platform file under ~/.config/sciplat/vault/ created on first run (0600).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import secrets as pysecrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+VAULT_FILE = "secrets.vault.yml"
+
+
+class SecretError(Exception):
+    """A problem the operator must fix (no password, a broken declaration, a vault that won't open)."""
+
+
+class SecretDecl(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["password", "hex", "x509_ca"]
+    length: int = Field(default=32, ge=16, le=256)
+    description: str = ""
+
+
+class SecretsFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    secrets: dict[str, SecretDecl]
+
+
+@dataclass(frozen=True)
+class Declared:
+    name: str
+    decl: SecretDecl
+    source: Path
+
+
+def declarations(repo: Path) -> dict[str, Declared]:
+    """Every secret declared by the roles and components in the repository."""
+    found: dict[str, Declared] = {}
+    files = sorted(repo.glob("roles/*/meta/secrets.yml")) + sorted(repo.glob("playbooks/secrets/*.yml"))
+    for path in files:
+        try:
+            parsed = SecretsFile.model_validate(yaml.safe_load(path.read_text()) or {"secrets": {}})
+        except (ValidationError, yaml.YAMLError) as exc:
+            raise SecretError(f"{path.relative_to(repo)}: invalid secret declaration: {exc}") from None
+        for name, decl in parsed.secrets.items():
+            if name in found:
+                raise SecretError(
+                    f"secret {name!r} is declared twice: {found[name].source.relative_to(repo)} "
+                    f"and {path.relative_to(repo)}; keep one owner"
+                )
+            found[name] = Declared(name, decl, path)
+    return found
+
+
+# ------------------------------------------------------------------ generation
+
+
+def generate(decl: SecretDecl, *, platform_name: str, ca_validity_days: int) -> Any:
+    if decl.kind == "password":
+        # letters and digits only: safe in every config syntax (pg_hba, LDAP, URLs, shell)
+        alphabet = "abcdefghijkmnopqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789"
+        return "".join(pysecrets.choice(alphabet) for _ in range(decl.length))
+    if decl.kind == "hex":
+        return pysecrets.token_hex(decl.length)
+    return make_ca(platform_name, ca_validity_days)
+
+
+def make_ca(platform_name: str, validity_days: int) -> dict[str, str]:
+    """A self-signed CA for the platform's internal TLS, as PEM strings."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP384R1())
+    name = x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "sciplat"),
+            x509.NameAttribute(NameOID.COMMON_NAME, f"{platform_name} platform CA"),
+        ]
+    )
+    now = dt.datetime.now(dt.UTC)
+    public = key.public_key()
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(public)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=validity_days))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
+        .sign(key, hashes.SHA384())
+    )
+    return {
+        "cert": cert.public_bytes(serialization.Encoding.PEM).decode(),
+        "key": key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ).decode(),
+    }
+
+
+# ------------------------------------------------------------------ the vault
+
+
+def password_source(platform_name: str) -> tuple[str, str]:
+    """(password, where it came from). Creates the default password file on first use."""
+    if env := os.environ.get("SCIPLAT_VAULT_PASSWORD"):
+        return env, "$SCIPLAT_VAULT_PASSWORD"
+    if env_file := os.environ.get("SCIPLAT_VAULT_PASSWORD_FILE"):
+        path = Path(env_file).expanduser()
+        if not path.is_file():
+            raise SecretError(f"SCIPLAT_VAULT_PASSWORD_FILE points at {path}, which does not exist")
+        return path.read_text().strip(), str(path)
+    path = default_password_file(platform_name)
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(pysecrets.token_urlsafe(32) + "\n")
+    return path.read_text().strip(), str(path)
+
+
+def default_password_file(platform_name: str) -> Path:
+    base = Path(os.environ.get("XDG_CONFIG_HOME", Path.home() / ".config"))
+    return base / "sciplat" / "vault" / f"{platform_name}.pass"
+
+
+def _vault(password: str) -> Any:
+    from ansible.constants import DEFAULT_VAULT_ID_MATCH
+    from ansible.parsing.vault import VaultLib, VaultSecret
+
+    return VaultLib([(DEFAULT_VAULT_ID_MATCH, VaultSecret(password.encode()))])
+
+
+def read_vault(path: Path, password: str) -> dict[str, Any]:
+    if not path.exists():
+        return {}
+    from ansible.errors import AnsibleError
+
+    try:
+        plain = _vault(password).decrypt(path.read_bytes())
+    except AnsibleError:
+        raise SecretError(
+            f"cannot decrypt {path}: the vault password does not match. Set SCIPLAT_VAULT_PASSWORD "
+            "or SCIPLAT_VAULT_PASSWORD_FILE to the password this vault was created with"
+        ) from None
+    data = yaml.safe_load(plain) or {}
+    if not isinstance(data, dict):
+        raise SecretError(f"{path} does not hold a mapping of secrets")
+    return data
+
+
+def write_vault(path: Path, password: str, data: dict[str, Any]) -> None:
+    header = "# sciplat secrets, generated once. Read with `sciplat secrets show KEY`; never edit by hand.\n"
+    plain = header + yaml.safe_dump(data, sort_keys=True, default_flow_style=False)
+    token = _vault(password).encrypt(plain)
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(token)
+    tmp.replace(path)  # atomic: a crash never leaves half a vault
+
+
+def ensure(
+    inventory_dir: Path, repo: Path, *, platform_name: str, ca_validity_days: int
+) -> tuple[dict[str, Any], list[str]]:
+    """Return (all secrets, names generated now). Existing secrets are never changed."""
+    password, _ = password_source(platform_name)
+    path = inventory_dir / VAULT_FILE
+    current = read_vault(path, password)
+    created = []
+    for name, declared in declarations(repo).items():
+        if name not in current:
+            current[name] = generate(declared.decl, platform_name=platform_name, ca_validity_days=ca_validity_days)
+            created.append(name)
+    if created or not path.exists():
+        write_vault(path, password, current)
+    return current, created
