@@ -1,0 +1,178 @@
+"""`sciplat status`: is every host and service of the platform healthy?
+
+Each host gets one SSH connection running a small Python script that reports, for
+every service the host should run: the systemd unit's state, whether its port is
+listening, and a service-specific probe. The public URL is probed from here, over
+TLS verified against the platform CA. Services register themselves in SERVICES.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import ssl
+import subprocess
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sciplat.render import STATE_DIR
+
+
+@dataclass(frozen=True)
+class Service:
+    name: str
+    group: str  # hosts of this group run it ("all" for every host)
+    unit: str
+    port: int | None = None
+    probe: str | None = None  # shell command on the host; exit 0 = healthy
+
+
+SERVICES: list[Service] = [
+    Service("sshd", "all", "ssh.service", 22),
+    Service("firewall", "all", "nftables.service", probe="nft list ruleset | grep -q 'hook input.*policy drop'"),
+    Service(
+        "gateway",
+        "gateway",
+        "nginx.service",
+        443,
+        probe="curl -fsS -o /dev/null --max-time 5 --cacert /etc/sciplat/pki/ca.crt https://localhost/healthz",
+    ),
+    Service(
+        "postgresql",
+        "db",
+        "postgresql@15-main.service",
+        5432,
+        probe="runuser -u postgres -- psql -XAtqc 'select 1' >/dev/null",
+    ),
+]
+
+# Runs on each host with python3 (which Ansible needs anyway); prints one JSON document.
+_HOST_SCRIPT = r"""
+import json, subprocess, sys
+checks = json.loads(sys.argv[1])
+def run(cmd):
+    p = subprocess.run(cmd, shell=True, capture_output=True, text=True, timeout=20)
+    return p.returncode, (p.stdout + p.stderr).strip()[-300:]
+out = {"services": []}
+for c in checks:
+    state = run("systemctl is-active " + c["unit"])[1] or "unknown"
+    item = {"name": c["name"], "unit": c["unit"], "state": state}
+    healthy = state == "active"
+    if c.get("port"):
+        code, text = run("ss -Hltn 'sport = :%d'" % c["port"])
+        item["port"] = c["port"]
+        item["listening"] = code == 0 and bool(text)
+        healthy = healthy and item["listening"]
+    if c.get("probe"):
+        code, text = run(c["probe"]) if state == "active" else (1, "not probed: unit " + state)
+        item["probe"] = "ok" if code == 0 else "failed"
+        if code:
+            item["detail"] = text
+        healthy = healthy and code == 0
+    item["healthy"] = healthy
+    out["services"].append(item)
+code, text = run("systemctl list-units --state=failed --plain --no-legend --no-pager")
+out["failed_units"] = [line.split()[0] for line in text.splitlines() if line.strip()]
+print(json.dumps(out))
+"""
+
+
+def inventory_hostvars(inventory_dir: Path) -> tuple[dict[str, list[str]], dict[str, dict[str, Any]]]:
+    """Groups and merged host variables, as Ansible itself resolves them."""
+    command = [
+        "ansible-inventory",
+        "-i",
+        str(inventory_dir / "hosts.yml"),
+        "-i",
+        str(inventory_dir / STATE_DIR / "inventory"),
+        "--list",
+    ]
+    listing = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout)  # noqa: S603
+    hostvars: dict[str, dict[str, Any]] = listing.get("_meta", {}).get("hostvars", {})
+    groups: dict[str, list[str]] = {}
+
+    def members(group: str) -> list[str]:
+        body = listing.get(group, {})
+        found = list(body.get("hosts", []))
+        for child in body.get("children", []):
+            found += members(child)
+        return found
+
+    for group in listing:
+        if group != "_meta":
+            groups[group] = sorted(set(members(group)))
+    for host in hostvars:
+        groups.setdefault("all", [])
+        if host not in groups["all"]:
+            groups["all"].append(host)
+    return groups, hostvars
+
+
+def ssh_command(host: str, hostvars: dict[str, Any]) -> list[str]:
+    command = ["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=8"]
+    if key := hostvars.get("ansible_ssh_private_key_file"):
+        command += ["-i", str(key)]
+    if port := hostvars.get("ansible_port"):
+        command += ["-p", str(port)]
+    for option in ("ansible_ssh_common_args", "ansible_ssh_extra_args"):
+        if hostvars.get(option):
+            command += shlex.split(str(hostvars[option]))
+    user = hostvars.get("ansible_user", "root")
+    command.append(f"{user}@{hostvars.get('ansible_host', host)}")
+    return command
+
+
+def check_host(host: str, hostvars: dict[str, Any], services: list[Service]) -> dict[str, Any]:
+    checks = [{"name": s.name, "unit": s.unit, "port": s.port, "probe": s.probe} for s in services]
+    remote = "python3 -c " + shlex.quote(_HOST_SCRIPT) + " " + shlex.quote(json.dumps(checks))
+    try:
+        done = subprocess.run(  # noqa: S603
+            [*ssh_command(host, hostvars), remote], capture_output=True, text=True, timeout=60
+        )
+    except subprocess.TimeoutExpired:
+        return {"reachable": False, "healthy": False, "error": "ssh timed out after 60s", "services": []}
+    if done.returncode != 0:
+        error = (done.stderr or done.stdout).strip()[-300:] or f"ssh exited {done.returncode}"
+        return {"reachable": False, "healthy": False, "error": error, "services": []}
+    report: dict[str, Any] = json.loads(done.stdout)
+    report["reachable"] = True
+    report["healthy"] = all(s["healthy"] for s in report["services"]) and not report["failed_units"]
+    return report
+
+
+def probe_url(url: str, ca_cert: Path | None) -> dict[str, Any]:
+    context = ssl.create_default_context(cafile=str(ca_cert) if ca_cert and ca_cert.exists() else None)
+    target = url.rstrip("/") + "/healthz"
+    try:
+        with urllib.request.urlopen(target, context=context, timeout=10) as response:  # noqa: S310
+            return {"url": target, "healthy": response.status == 200, "status": response.status}
+    except (urllib.error.URLError, OSError, ssl.SSLError) as exc:
+        return {"url": target, "healthy": False, "error": str(getattr(exc, "reason", exc))}
+
+
+def collect(inventory_dir: Path, public_url: str, platform_name: str) -> dict[str, Any]:
+    groups, hostvars = inventory_hostvars(inventory_dir)
+    ca_cert = inventory_dir / "pki" / "ca.crt"
+    plan = {
+        host: [s for s in SERVICES if host in groups.get(s.group, [])]
+        for host in sorted(hostvars)
+    }
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        futures = {host: pool.submit(check_host, host, hostvars[host], svcs) for host, svcs in plan.items()}
+        hosts = {host: future.result() for host, future in futures.items()}
+    endpoint = probe_url(public_url, ca_cert)
+    for host, report in hosts.items():
+        report["groups"] = sorted(g for g, members in groups.items() if host in members and g != "all")
+    healthy = all(r["healthy"] for r in hosts.values()) and endpoint["healthy"]
+    return {
+        "platform": platform_name,
+        "url": public_url,
+        "ca_cert": str(ca_cert.resolve()) if ca_cert.exists() else None,
+        "healthy": healthy,
+        "endpoint": endpoint,
+        "hosts": hosts,
+    }
