@@ -1,0 +1,81 @@
+"""The deployed test bed, shared by every integration and e2e test.
+
+`make test` brings the test bed up and deploys once, then sets SCIPLAT_DEPLOYED=1;
+run on their own, these fixtures do both themselves (idempotent, so a converged
+bed costs one warm re-run). Tests marked `destructive` run after all others.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import testinfra
+
+from sciplat import secrets as secrets_mod
+from tests.conftest import REPO, SCIPLAT
+
+INVENTORY = REPO / "inventories" / "local"
+SSH_CONFIG = INVENTORY / ".sciplat" / "ssh_config"
+CA_CERT = INVENTORY / "pki" / "ca.crt"
+PUBLIC_URL = "https://127.0.0.1:8443"
+
+
+def sciplat(*args: str, check: bool = True, timeout: int = 1800) -> subprocess.CompletedProcess[str]:
+    """Run the sciplat CLI from the repository root, as an operator would."""
+    done = subprocess.run(
+        [SCIPLAT, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout, check=False
+    )
+    if check and done.returncode != 0:
+        raise AssertionError(
+            f"sciplat {' '.join(args)} exited {done.returncode}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+        )
+    return done
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # tests that stop or break services run last, so they cannot disturb the others
+    items.sort(key=lambda item: item.get_closest_marker("destructive") is not None)
+
+
+@pytest.fixture(scope="session")
+def deployed() -> dict[str, Any]:
+    """The test bed is up and the platform deployed; returns the last run's summary."""
+    if os.environ.get("SCIPLAT_DEPLOYED") != "1":
+        sciplat("testbed", "up", "-i", str(INVENTORY))
+        sciplat("up", "-i", str(INVENTORY), "--json")
+    summary: dict[str, Any] = json.loads((INVENTORY / ".sciplat" / "last-run.json").read_text())
+    assert summary["ok"], summary
+    return summary
+
+
+@pytest.fixture(scope="session")
+def host_of(deployed: dict[str, Any]) -> Callable[[str], Any]:
+    """A testinfra host for a test-bed host alias (gw, data, c1, c2), over SSH."""
+    cache: dict[str, Any] = {}
+
+    def get(name: str) -> Any:
+        if name not in cache:
+            cache[name] = testinfra.get_host(f"ssh://{name}", ssh_config=str(SSH_CONFIG))
+        return cache[name]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def secret(deployed: dict[str, Any]) -> Callable[[str], Any]:
+    """Read a secret from the test bed's vault."""
+    password, _ = secrets_mod.password_source("sciplat-local")
+    data = secrets_mod.read_vault(INVENTORY / secrets_mod.VAULT_FILE, password)
+    return lambda name: data[name]
+
+
+@pytest.fixture(scope="session")
+def ca_cert(deployed: dict[str, Any]) -> Path:
+    assert CA_CERT.is_file(), "sciplat up writes the platform CA to inventories/local/pki/ca.crt"
+    return CA_CERT
