@@ -45,7 +45,7 @@ EXIT_INVALID = 2
 def _print_problems(result: Result, inventory: Path) -> None:
     for problem in result.problems:
         style = "red" if problem.severity == "error" else "yellow"
-        err.print(f"[{style}]{problem.severity}[/] {inventory}/{problem}", highlight=False)
+        err.print(f"[{style}]{problem.severity}[/] {inventory}/{problem}", highlight=False, soft_wrap=True)
 
 
 def _validated(inventory: Path) -> PlatformSpec:

@@ -321,14 +321,29 @@ def parse_inventory(data: Any, problems: list[Problem]) -> Inventory:
     return inventory
 
 
-def _inventory_problems(spec: PlatformSpec | None, inventory: Inventory) -> list[Problem]:
+def _defaults_from(raw: Any) -> PlatformSpec:
+    """A best guess at the spec when it is invalid, so group checks still run: every
+    section that validates on its own is used, the others fall back to defaults."""
+    sections: dict[str, Any] = {}
+    raw = raw if isinstance(raw, dict) else {}
+    for name, info in PlatformSpec.model_fields.items():
+        model = info.annotation
+        if name in ("storage", "monitoring", "compute") and isinstance(model, type):
+            try:
+                sections[name] = model.model_validate(raw.get(name) or {})
+            except ValidationError:
+                sections[name] = model()
+    return PlatformSpec.model_construct(**sections)
+
+
+def _inventory_problems(spec: PlatformSpec | None, inventory: Inventory, raw_spec: Any = None) -> list[Problem]:
     problems: list[Problem] = []
     if not inventory.hostvars:
         problems.append(
             Problem(HOSTS_FILE, "all", "lists no hosts", fix="add your hosts under the groups they serve")
         )
         return problems
-    required = spec.required_groups() if spec else {}
+    required = (spec or _defaults_from(raw_spec)).required_groups()
     for group, reason in required.items():
         if not inventory.groups.get(group):
             problems.append(
@@ -406,15 +421,16 @@ def validate_inventory_dir(inventory_dir: Path) -> Result:
     spec: PlatformSpec | None = None
     inventory: Inventory | None = None
     spec_path, hosts_path = inventory_dir / SPEC_FILE, inventory_dir / HOSTS_FILE
+    raw_spec: Any = None
     if not inventory_dir.is_dir():
         problems.append(
             Problem(str(inventory_dir), "(directory)", "does not exist", fix="pass -i with an inventory directory")
         )
         return Result(None, None, problems)
     if spec_path.is_file():
-        data, lines = load_yaml(spec_path, problems)
-        if data is not None or not problems:
-            spec, spec_errors = _spec_problems(data, lines)
+        raw_spec, lines = load_yaml(spec_path, problems)
+        if raw_spec is not None or not problems:
+            spec, spec_errors = _spec_problems(raw_spec, lines)
             problems.extend(spec_errors)
     else:
         problems.append(
@@ -430,7 +446,7 @@ def validate_inventory_dir(inventory_dir: Path) -> Result:
         data, _ = load_yaml(hosts_path, problems)
         if len(problems) == before:
             inventory = parse_inventory(data, problems)
-            problems.extend(_inventory_problems(spec, inventory))
+            problems.extend(_inventory_problems(spec, inventory, raw_spec))
     else:
         fix = "run `sciplat testbed up` to create the test bed's hosts" if inventory_dir.name in (
             "local",
