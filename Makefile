@@ -61,7 +61,7 @@ lint: venv
 	$(VENV)/bin/ruff format --check src tests stacks
 	$(VENV)/bin/mypy
 	$(VENV)/bin/yamllint -s .
-	cd . && ANSIBLE_CONFIG=ansible.cfg $(VENV)/bin/ansible-lint --profile production playbooks roles
+	ANSIBLE_CONFIG=ansible.cfg $(VENV)/bin/ansible-lint --profile production playbooks roles
 
 docs: venv
 	$(SCIPLAT) schema --markdown -o docs/reference/spec.md
