@@ -86,7 +86,10 @@ def _prepare(inventory: Path, spec: PlatformSpec) -> tuple[dict[str, Any], str]:
     repo = repo_root()
     try:
         secrets, created = secrets_mod.ensure(
-            inventory, repo, platform_name=spec.platform.name, ca_validity_days=spec.tls.ca_validity // 86400
+            inventory,
+            repo,
+            platform_name=spec.platform.name,
+            ca_validity_days=spec.tls.ca_validity // 86400,
         )
         password, _ = secrets_mod.password_source(spec.platform.name)
     except secrets_mod.SecretError as exc:
@@ -166,7 +169,15 @@ def status(inventory: InventoryOpt, as_json: JsonOpt = False) -> None:
             table.add_column(column)
         for host, rep in report["hosts"].items():
             if not rep["reachable"]:
-                table.add_row(host, "-", "-", f"[red]unreachable[/] {rep.get('error', '')}", "", "", "[red]no[/]")
+                table.add_row(
+                    host,
+                    "-",
+                    "-",
+                    f"[red]unreachable[/] {rep.get('error', '')}",
+                    "",
+                    "",
+                    "[red]no[/]",
+                )
                 continue
             for svc in rep["services"]:
                 port = "" if "port" not in svc else f"{svc['port']}{'' if svc['listening'] else ' closed'}"
@@ -238,12 +249,12 @@ def secrets_list(inventory: InventoryOpt, as_json: JsonOpt = False) -> None:
     repo = repo_root()
     password, _ = secrets_mod.password_source(spec.platform.name)
     existing = secrets_mod.read_vault(inventory / secrets_mod.VAULT_FILE, password)
-    rows = [
+    rows: list[dict[str, str]] = [
         {
             "name": name,
             "kind": d.decl.kind,
             "declared_by": str(d.source.relative_to(repo)),
-            "generated": name in existing,
+            "generated": "yes" if name in existing else "no",
             "description": d.decl.description,
         }
         for name, d in sorted(secrets_mod.declarations(repo).items())
@@ -255,7 +266,13 @@ def secrets_list(inventory: InventoryOpt, as_json: JsonOpt = False) -> None:
     for column in ("name", "kind", "generated", "declared by", "description"):
         table.add_column(column)
     for row in rows:
-        table.add_row(row["name"], row["kind"], "yes" if row["generated"] else "no", row["declared_by"], row["description"])
+        table.add_row(
+            row["name"],
+            row["kind"],
+            row["generated"],
+            row["declared_by"],
+            row["description"],
+        )
     console.print(table)
 
 

@@ -27,7 +27,13 @@ from rich.text import Text
 
 from sciplat.render import STATE_DIR
 
-STATUS_STYLE = {"ok": "green", "changed": "yellow", "failed": "red", "unreachable": "red", "skipped": "dim"}
+STATUS_STYLE = {
+    "ok": "green",
+    "changed": "yellow",
+    "failed": "red",
+    "unreachable": "red",
+    "skipped": "dim",
+}
 
 
 @dataclass
@@ -205,7 +211,7 @@ def run_playbook(
         log.flush()
         events_path.touch()
         with open(events_path, encoding="utf-8") as events:
-            process = subprocess.Popen(  # noqa: S603 - our own command line
+            process = subprocess.Popen(
                 command,
                 cwd=repo,
                 env=_ansible_env(repo, events_path),
@@ -259,13 +265,10 @@ def print_summary(result: RunResult, console: Console, *, check: bool) -> None:
     console.print(table)
     for failure in result.failures:
         console.print(
-            f"[red bold]FAILED[/] {failure['host']} › {failure['task']} ({failure['play']})\n"
-            f"  {failure['msg'].strip()}"
+            f"[red bold]FAILED[/] {failure['host']} › {failure['task']} ({failure['play']})\n  {failure['msg'].strip()}"
         )
     verb = "would change" if check else "changed"
     outcome = "[green]ok[/]" if result.ok else f"[red]failed (exit {result.returncode})[/]"
-    console.print(
-        f"{outcome} in {result.duration:.0f}s; {result.total_changed} tasks {verb}; log: {result.log_path}"
-    )
+    console.print(f"{outcome} in {result.duration:.0f}s; {result.total_changed} tasks {verb}; log: {result.log_path}")
     if not result.ok and not result.failures:
         console.print(f"  ansible-playbook stopped before running tasks; read the end of {result.log_path}")

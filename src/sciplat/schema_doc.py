@@ -49,10 +49,7 @@ def _type_name(info: FieldInfo) -> str:
 def _default(info: FieldInfo) -> str:
     if info.is_required():
         return "**required**"
-    if info.default_factory is not None:
-        value = info.default_factory()  # type: ignore[call-arg]
-    else:
-        value = info.default
+    value = info.default_factory() if info.default_factory is not None else info.default  # type: ignore[call-arg]
     if isinstance(value, BaseModel):
         return "(section)"
     if isinstance(value, list) and value and isinstance(value[0], BaseModel):
@@ -77,6 +74,7 @@ def markdown_reference() -> str:
         "```",
         "",
     ]
+
     def section(model: type[BaseModel], path: str) -> None:
         lines.append(f"## `{path or '(top level)'}`")
         lines.append("")
@@ -89,7 +87,12 @@ def markdown_reference() -> str:
             description = (info.description or "").replace("|", "\\|")
             lines.append(f"| `{name}` | {_type_name(info)} | {_default(info)} | {description} |")
             for sub in _models_in(info.annotation):
-                nested.append((sub, f"{path}.{name}".lstrip(".") + (f" (type: {_tag(sub)})" if _tag(sub) else "")))
+                nested.append(
+                    (
+                        sub,
+                        f"{path}.{name}".lstrip(".") + (f" (type: {_tag(sub)})" if _tag(sub) else ""),
+                    )
+                )
         lines.append("")
         for sub, sub_path in nested:
             section(sub, sub_path)

@@ -141,7 +141,8 @@ class TlsSection(Section):
 class NativeAuth(Section):
     type: Literal["native"]
     approval: Literal["admin", "open"] = Field(
-        default="admin", description="admin: an administrator approves each sign-up; open: no approval."
+        default="admin",
+        description="admin: an administrator approves each sign-up; open: no approval.",
     )
     min_password_length: int = Field(default=12, ge=8, le=128)
 
@@ -192,7 +193,7 @@ class IdRange(Section):
 
 class IdentitySection(Section):
     authenticators: list[Authenticator] = Field(
-        default_factory=lambda: [NativeAuth(type="native")],
+        default_factory=lambda: [NativeAuth(type="native")],  # type: ignore[arg-type]
         description="Sign-in methods shown together on the login page.",
     )
     admin_users: list[str] = Field(default_factory=list, description="Users with admin rights in the hub.")
@@ -226,7 +227,8 @@ class IdentitySection(Section):
 
 class StorageSection(Section):
     backend: Literal["ceph", "minio", "s3"] = Field(
-        default="ceph", description="Object store: Ceph RGW (default), an operator-supplied MinIO, or external S3."
+        default="ceph",
+        description="Object store: Ceph RGW (default), an operator-supplied MinIO, or external S3.",
     )
     posix: Literal["cephfs", "nfs"] = Field(default="cephfs", description="Shared POSIX homes and group dirs.")
     redundancy: int = Field(
@@ -239,7 +241,8 @@ class StorageSection(Section):
     group_quota: Size = Field(default="1TiB", description="Object storage per group.")  # type: ignore[assignment]
     home_quota: Size = Field(default="50GiB", description="POSIX home per user.")  # type: ignore[assignment]
     osd_devices: list[str] = Field(
-        default_factory=list, description="Block devices for Ceph OSDs; empty: a file (test beds only)."
+        default_factory=list,
+        description="Block devices for Ceph OSDs; empty: a file (test beds only).",
     )
 
 
@@ -470,4 +473,13 @@ SINGLETON_GROUPS = {
     "slurm_controller": "sciplat runs one slurmctld",
     "monitor": "sciplat runs one Prometheus",
 }
-KNOWN_GROUPS = ("gateway", "hub", "directory", "db", "storage", "monitor", "slurm_controller", "compute")
+KNOWN_GROUPS = (
+    "gateway",
+    "hub",
+    "directory",
+    "db",
+    "storage",
+    "monitor",
+    "slurm_controller",
+    "compute",
+)

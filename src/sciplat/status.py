@@ -33,7 +33,12 @@ class Service:
 
 SERVICES: list[Service] = [
     Service("sshd", "all", "ssh.service", 22),
-    Service("firewall", "all", "nftables.service", probe="nft list ruleset | grep -q 'hook input.*policy drop'"),
+    Service(
+        "firewall",
+        "all",
+        "nftables.service",
+        probe="nft list ruleset | grep -q 'hook input.*policy drop'",
+    ),
     Service(
         "gateway",
         "gateway",
@@ -81,7 +86,9 @@ print(json.dumps(out))
 """
 
 
-def inventory_hostvars(inventory_dir: Path) -> tuple[dict[str, list[str]], dict[str, dict[str, Any]]]:
+def inventory_hostvars(
+    inventory_dir: Path,
+) -> tuple[dict[str, list[str]], dict[str, dict[str, Any]]]:
     """Groups and merged host variables, as Ansible itself resolves them."""
     command = [
         "ansible-inventory",
@@ -91,7 +98,7 @@ def inventory_hostvars(inventory_dir: Path) -> tuple[dict[str, list[str]], dict[
         str(inventory_dir / STATE_DIR / "inventory"),
         "--list",
     ]
-    listing = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout)  # noqa: S603
+    listing = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout)
     hostvars: dict[str, dict[str, Any]] = listing.get("_meta", {}).get("hostvars", {})
     groups: dict[str, list[str]] = {}
 
@@ -130,11 +137,14 @@ def check_host(host: str, hostvars: dict[str, Any], services: list[Service]) -> 
     checks = [{"name": s.name, "unit": s.unit, "port": s.port, "probe": s.probe} for s in services]
     remote = "python3 -c " + shlex.quote(_HOST_SCRIPT) + " " + shlex.quote(json.dumps(checks))
     try:
-        done = subprocess.run(  # noqa: S603
-            [*ssh_command(host, hostvars), remote], capture_output=True, text=True, timeout=60
-        )
+        done = subprocess.run([*ssh_command(host, hostvars), remote], capture_output=True, text=True, timeout=60)
     except subprocess.TimeoutExpired:
-        return {"reachable": False, "healthy": False, "error": "ssh timed out after 60s", "services": []}
+        return {
+            "reachable": False,
+            "healthy": False,
+            "error": "ssh timed out after 60s",
+            "services": [],
+        }
     if done.returncode != 0:
         error = (done.stderr or done.stdout).strip()[-300:] or f"ssh exited {done.returncode}"
         return {"reachable": False, "healthy": False, "error": error, "services": []}
@@ -148,7 +158,7 @@ def probe_url(url: str, ca_cert: Path | None) -> dict[str, Any]:
     context = ssl.create_default_context(cafile=str(ca_cert) if ca_cert and ca_cert.exists() else None)
     target = url.rstrip("/") + "/healthz"
     try:
-        with urllib.request.urlopen(target, context=context, timeout=10) as response:  # noqa: S310
+        with urllib.request.urlopen(target, context=context, timeout=10) as response:
             return {"url": target, "healthy": response.status == 200, "status": response.status}
     except (urllib.error.URLError, OSError, ssl.SSLError) as exc:
         return {"url": target, "healthy": False, "error": str(getattr(exc, "reason", exc))}
@@ -157,10 +167,7 @@ def probe_url(url: str, ca_cert: Path | None) -> dict[str, Any]:
 def collect(inventory_dir: Path, public_url: str, platform_name: str) -> dict[str, Any]:
     groups, hostvars = inventory_hostvars(inventory_dir)
     ca_cert = inventory_dir / "pki" / "ca.crt"
-    plan = {
-        host: [s for s in SERVICES if host in groups.get(s.group, [])]
-        for host in sorted(hostvars)
-    }
+    plan = {host: [s for s in SERVICES if host in groups.get(s.group, [])] for host in sorted(hostvars)}
     with ThreadPoolExecutor(max_workers=16) as pool:
         futures = {host: pool.submit(check_host, host, hostvars[host], svcs) for host, svcs in plan.items()}
         hosts = {host: future.result() for host, future in futures.items()}

@@ -86,10 +86,13 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
     seen: dict[Any, int] = {}
     for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+        key = loader.construct_object(key_node, deep=deep)
         if key in seen:
             raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r} (first at line {seen[key]})", key_node.start_mark
+                None,
+                None,
+                f"duplicate key {key!r} (first at line {seen[key]})",
+                key_node.start_mark,
             )
         seen[key] = key_node.start_mark.line + 1
     return loader.construct_mapping(node, deep=deep)
@@ -126,7 +129,7 @@ def load_yaml(path: Path, problems: list[Problem]) -> tuple[Any, dict[tuple[Any,
     """Parse a YAML file; a syntax error becomes a Problem (and None is returned)."""
     text = path.read_text(encoding="utf-8")
     try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+        data = yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         problems.append(
@@ -280,7 +283,12 @@ def parse_inventory(data: Any, problems: list[Problem]) -> Inventory:
             return
         if not isinstance(body, dict):
             problems.append(
-                Problem(HOSTS_FILE, path, "must be a mapping with hosts:, children: or vars:", _shorten(body))
+                Problem(
+                    HOSTS_FILE,
+                    path,
+                    "must be a mapping with hosts:, children: or vars:",
+                    _shorten(body),
+                )
             )
             return
         unknown = set(body) - {"hosts", "children", "vars"}
@@ -340,7 +348,12 @@ def _inventory_problems(spec: PlatformSpec | None, inventory: Inventory, raw_spe
     problems: list[Problem] = []
     if not inventory.hostvars:
         problems.append(
-            Problem(HOSTS_FILE, "all", "lists no hosts", fix="add your hosts under the groups they serve")
+            Problem(
+                HOSTS_FILE,
+                "all",
+                "lists no hosts",
+                fix="add your hosts under the groups they serve",
+            )
         )
         return problems
     required = (spec or _defaults_from(raw_spec)).required_groups()
@@ -424,7 +437,12 @@ def validate_inventory_dir(inventory_dir: Path) -> Result:
     raw_spec: Any = None
     if not inventory_dir.is_dir():
         problems.append(
-            Problem(str(inventory_dir), "(directory)", "does not exist", fix="pass -i with an inventory directory")
+            Problem(
+                str(inventory_dir),
+                "(directory)",
+                "does not exist",
+                fix="pass -i with an inventory directory",
+            )
         )
         return Result(None, None, problems)
     if spec_path.is_file():
@@ -448,9 +466,14 @@ def validate_inventory_dir(inventory_dir: Path) -> Result:
             inventory = parse_inventory(data, problems)
             problems.extend(_inventory_problems(spec, inventory, raw_spec))
     else:
-        fix = "run `sciplat testbed up` to create the test bed's hosts" if inventory_dir.name in (
-            "local",
-            "single-node",
-        ) else "create it: an Ansible YAML inventory with your hosts in sciplat's groups"
+        fix = (
+            "run `sciplat testbed up` to create the test bed's hosts"
+            if inventory_dir.name
+            in (
+                "local",
+                "single-node",
+            )
+            else "create it: an Ansible YAML inventory with your hosts in sciplat's groups"
+        )
         problems.append(Problem(HOSTS_FILE, "(file)", f"not found in {inventory_dir}", fix=fix))
     return Result(spec, inventory, problems)

@@ -28,9 +28,7 @@ PUBLIC_URL = "https://127.0.0.1:8443"
 
 def sciplat(*args: str, check: bool = True, timeout: int = 1800) -> subprocess.CompletedProcess[str]:
     """Run the sciplat CLI from the repository root, as an operator would."""
-    done = subprocess.run(
-        [SCIPLAT, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout, check=False
-    )
+    done = subprocess.run([SCIPLAT, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout, check=False)
     if check and done.returncode != 0:
         raise AssertionError(
             f"sciplat {' '.join(args)} exited {done.returncode}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"

@@ -23,7 +23,12 @@ def test_domain_is_normalised_into_every_consumer() -> None:
 
 def test_provided_certificate_paths_are_absolute(tmp_path: Path) -> None:
     values = role_vars(
-        spec(tls={"mode": "provided", "provided": {"cert_file": "tls/site.crt", "key_file": "tls/site.key"}}),
+        spec(
+            tls={
+                "mode": "provided",
+                "provided": {"cert_file": "tls/site.crt", "key_file": "tls/site.key"},
+            }
+        ),
         tmp_path,
     )
     assert values["pki_provided_cert_file"] == str(tmp_path / "tls" / "site.crt")

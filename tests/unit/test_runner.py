@@ -33,7 +33,14 @@ def test_progress_summary_and_failure_report(tmp_path: Path) -> None:
     out = io.StringIO()
     console = Console(file=out, width=200)
     result = run_playbook(
-        ["ansible-playbook", "-i", "localhost,", "-e", f"ansible_python_interpreter={sys.executable}", str(playbook)],
+        [
+            "ansible-playbook",
+            "-i",
+            "localhost,",
+            "-e",
+            f"ansible_python_interpreter={sys.executable}",
+            str(playbook),
+        ],
         repo=REPO,
         inventory_dir=tmp_path,
         label="test",

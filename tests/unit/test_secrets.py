@@ -104,7 +104,7 @@ def test_duplicate_declaration_is_rejected(tmp_path: Path) -> None:
 
 def test_bad_declaration_names_the_file(tmp_path: Path) -> None:
     repo = fake_repo(tmp_path, "secrets:\n  demo: {kind: rot13}\n")
-    with pytest.raises(s.SecretError, match="roles/demo/meta/secrets.yml"):
+    with pytest.raises(s.SecretError, match=r"roles/demo/meta/secrets\.yml"):
         s.declarations(repo)
 
 

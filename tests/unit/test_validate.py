@@ -31,9 +31,7 @@ FOUR_HOSTS = dedent(
 
 
 def without_groups(*names: str) -> str:
-    return "".join(
-        line + "\n" for line in FOUR_HOSTS.splitlines() if line.strip().split(":")[0] not in names
-    )
+    return "".join(line + "\n" for line in FOUR_HOSTS.splitlines() if line.strip().split(":")[0] not in names)
 
 
 def make_inventory(tmp_path: Path, spec: str = MINIMAL_SPEC, hosts: str = FOUR_HOSTS) -> Path:
@@ -49,14 +47,34 @@ def with_section(extra: str) -> str:
 # (id, platform.yaml, hosts.yml or None for the valid four hosts, field path the message must name)
 BROKEN = [
     ("unknown top-level key", with_section("storag:\n  backend: ceph\n"), None, "storag"),
-    ("unknown nested key", with_section("storage:\n  user_qouta: 10GiB\n"), None, "storage.user_qouta"),
-    ("wrong type", with_section("databases:\n  max_connections: many\n"), None, "databases.max_connections"),
+    (
+        "unknown nested key",
+        with_section("storage:\n  user_qouta: 10GiB\n"),
+        None,
+        "storage.user_qouta",
+    ),
+    (
+        "wrong type",
+        with_section("databases:\n  max_connections: many\n"),
+        None,
+        "databases.max_connections",
+    ),
     ("bad domain", "platform:\n  name: mylab\n  domain: not a domain\n", None, "platform.domain"),
     ("domain is an IP", "platform:\n  name: mylab\n  domain: 192.0.2.1\n", None, "platform.domain"),
     ("missing platform name", "platform:\n  domain: science.example.org\n", None, "platform.name"),
-    ("bad platform name", "platform:\n  name: My Lab\n  domain: science.example.org\n", None, "platform.name"),
+    (
+        "bad platform name",
+        "platform:\n  name: My Lab\n  domain: science.example.org\n",
+        None,
+        "platform.name",
+    ),
     ("negative quota", with_section("storage:\n  user_quota: -5GiB\n"), None, "storage.user_quota"),
-    ("unknown size unit", with_section("storage:\n  home_quota: 10 parsecs\n"), None, "storage.home_quota"),
+    (
+        "unknown size unit",
+        with_section("storage:\n  home_quota: 10 parsecs\n"),
+        None,
+        "storage.home_quota",
+    ),
     ("zero duration", with_section("monitoring:\n  retention: 0d\n"), None, "monitoring.retention"),
     ("unknown TLS mode", with_section("tls:\n  mode: letsencrypt\n"), None, "tls.mode"),
     ("provided TLS without files", with_section("tls:\n  mode: provided\n"), None, "tls"),
@@ -86,15 +104,30 @@ BROKEN = [
         None,
         "identity",
     ),
-    ("bad admin user", with_section("identity:\n  admin_users: ['Bob Smith']\n"), None, "identity.admin_users"),
+    (
+        "bad admin user",
+        with_section("identity:\n  admin_users: ['Bob Smith']\n"),
+        None,
+        "identity.admin_users",
+    ),
     (
         "two default partitions",
         with_section("compute:\n  partitions:\n    - {name: a, default: true}\n    - {name: b, default: true}\n"),
         None,
         "compute",
     ),
-    ("bad admin CIDR", with_section("cloud:\n  admin_cidrs: ['10.0.0.0/33']\n"), None, "cloud.admin_cidrs"),
-    ("bad backup target", with_section("backup:\n  target: ftp://backups\n"), None, "backup.target"),
+    (
+        "bad admin CIDR",
+        with_section("cloud:\n  admin_cidrs: ['10.0.0.0/33']\n"),
+        None,
+        "cloud.admin_cidrs",
+    ),
+    (
+        "bad backup target",
+        with_section("backup:\n  target: ftp://backups\n"),
+        None,
+        "backup.target",
+    ),
     ("missing host group", MINIMAL_SPEC, without_groups("db"), "all.children.db"),
     (
         "two PostgreSQL hosts",
@@ -102,7 +135,12 @@ BROKEN = [
         FOUR_HOSTS.replace("db: {hosts: {data: {}}}", "db: {hosts: {data: {}, gw: {}}}"),
         "all.children.db",
     ),
-    ("group name typo", MINIMAL_SPEC, FOUR_HOSTS + "    gatway: {hosts: {gw: {}}}\n", "all.children.gatway"),
+    (
+        "group name typo",
+        MINIMAL_SPEC,
+        FOUR_HOSTS + "    gatway: {hosts: {gw: {}}}\n",
+        "all.children.gatway",
+    ),
     (
         "bad ansible_host",
         MINIMAL_SPEC,
@@ -144,7 +182,13 @@ def test_all_problems_are_reported_at_once(tmp_path: Path) -> None:
     hosts = without_groups("db")
     result = validate_inventory_dir(make_inventory(tmp_path, spec, hosts))
     paths = {p.path for p in result.errors}
-    assert {"platform.name", "platform.domain", "tls.mode", "storage.user_quota", "all.children.db"} <= paths
+    assert {
+        "platform.name",
+        "platform.domain",
+        "tls.mode",
+        "storage.user_quota",
+        "all.children.db",
+    } <= paths
 
 
 def test_problem_carries_line_value_and_fix(tmp_path: Path) -> None:
