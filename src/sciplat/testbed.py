@@ -96,9 +96,7 @@ LOCK_TIMEOUT = 3600.0
 
 _NAME_RE = r"^[a-z][a-z0-9-]{0,30}$"
 _GROUP_RE = r"^[a-z][a-z0-9_]*$"
-_PUBLISH_RE = re.compile(
-    r"^(?P<ip>[0-9.]+):(?P<host>\d{1,5}):(?P<ctr>\d{1,5})(?:/(?P<proto>tcp|udp))?$"
-)
+_PUBLISH_RE = re.compile(r"^(?P<ip>[0-9.]+):(?P<host>\d{1,5}):(?P<ctr>\d{1,5})(?:/(?P<proto>tcp|udp))?$")
 
 
 class TestbedError(Exception):
@@ -138,8 +136,7 @@ class HostSpec(BaseModel):
             match = _PUBLISH_RE.match(item)
             if not match:
                 raise ValueError(
-                    f"{item!r} is not 'HOST_IP:HOST_PORT:CONTAINER_PORT[/tcp|/udp]', "
-                    "e.g. '127.0.0.1:8443:443'"
+                    f"{item!r} is not 'HOST_IP:HOST_PORT:CONTAINER_PORT[/tcp|/udp]', e.g. '127.0.0.1:8443:443'"
                 )
             try:
                 address = ipaddress.IPv4Address(match["ip"])
@@ -227,8 +224,7 @@ class TestbedSpec(BaseModel):
         for name, host in self.hosts.items():
             if host.ip not in subnet:
                 raise ValueError(
-                    f"hosts.{name}.ip: {host.ip} is not in the subnet {subnet} of network "
-                    f"{self.network.name}"
+                    f"hosts.{name}.ip: {host.ip} is not in the subnet {subnet} of network {self.network.name}"
                 )
             if host.ip in (subnet.network_address, subnet.broadcast_address, gateway):
                 raise ValueError(
@@ -236,9 +232,7 @@ class TestbedSpec(BaseModel):
                     f"or the gateway {gateway}); pick another address"
                 )
             if host.ip in seen_ip:
-                raise ValueError(
-                    f"hosts.{name}.ip: {host.ip} is already the address of host {seen_ip[host.ip]}"
-                )
+                raise ValueError(f"hosts.{name}.ip: {host.ip} is already the address of host {seen_ip[host.ip]}")
             seen_ip[host.ip] = name
             for item in host.publish:
                 match = _PUBLISH_RE.match(item)
@@ -431,8 +425,8 @@ def read_apt_sources(etc_apt: Path = ETC_APT) -> list[AptSource]:
 
 def _is_debian_archive(source: AptSource, uri: str) -> bool:
     """Heuristic: the Debian archive (or a mirror of it), not a third-party repository."""
-    if source.signed_by and "debian-archive-keyring" in source.signed_by:
-        return True
+    if source.signed_by:
+        return "debian-archive-keyring" in source.signed_by
     last = urlsplit(uri).path.rstrip("/").rsplit("/", 1)[-1]
     return last in ("debian", "debian-security")
 
@@ -471,7 +465,7 @@ def debian_sources_for_image(sources: Sequence[AptSource], suite: str = SUITE) -
     wanted = (suite, f"{suite}-updates", f"{suite}-security")
     result: list[AptSource] = []
     for source in sources:
-        if "deb" not in source.types:
+        if "deb" not in source.types or "main" not in source.components:
             continue
         suites = tuple(s for s in source.suites if s in wanted)
         uris = tuple(u for u in source.uris if _is_debian_archive(source, u))
@@ -598,9 +592,17 @@ def machine_acquire_settings(etc_apt: Path = ETC_APT) -> list[tuple[str, str]]:
     result: list[tuple[str, str]] = []
     for path in files:
         for key, value in parse_apt_conf(path.read_text(errors="replace")):
-            if key.lower().startswith("acquire::") and '"' not in value:
-                result.append((key, value))
-    return result
+            lower = key.lower()
+            if not lower.startswith("acquire::") or '"' in value:
+                continue
+            # Index targets are defined by packages (appstream, apt-file) the image does
+            # not have; only their on/off switches are the machine's settings.
+            if lower.startswith("acquire::indextargets::") and not lower.endswith("::defaultenabled"):
+                continue
+            result.append((key, value))
+    # apt keeps the last value of a key; keep one line per key (list items all stay).
+    last = {key: i for i, (key, _) in enumerate(result) if not key.endswith("::")}
+    return [(key, value) for i, (key, value) in enumerate(result) if key.endswith("::") or last[key] == i]
 
 
 def render_apt_conf(settings: Sequence[tuple[str, str]]) -> str:
@@ -673,9 +675,7 @@ def _machine_files(etc_apt: Path, ca_dir: Path) -> tuple[str, str | None, dict[s
     files: dict[str, ImageFile] = {
         "/etc/apt/sources.list": ImageFile(b""),
         "/etc/apt/sources.list.d/debian.sources": ImageFile(render_deb822(image_sources).encode()),
-        "/etc/apt/apt.conf.d/90sciplat-machine": ImageFile(
-            render_apt_conf(machine_acquire_settings(etc_apt)).encode()
-        ),
+        "/etc/apt/apt.conf.d/90sciplat-machine": ImageFile(render_apt_conf(machine_acquire_settings(etc_apt)).encode()),
     }
     keyring: str | None = None
     for source in image_sources:
@@ -701,9 +701,7 @@ def build_recipe(etc_apt: Path = ETC_APT, ca_dir: Path = EXTRA_CA_DIR) -> Recipe
             "/etc/dpkg/dpkg.cfg.d/10sciplat-excludes": ImageFile(DPKG_EXCLUDES.encode()),
             "/etc/pip.conf": ImageFile(f"[global]\ncert = {CA_BUNDLE}\n".encode()),
             "/etc/npmrc": ImageFile(f"cafile={CA_BUNDLE}\n".encode()),
-            "/etc/systemd/system/sciplat-ssh-hostkeys.service": ImageFile(
-                SSH_HOSTKEYS_UNIT.encode()
-            ),
+            "/etc/systemd/system/sciplat-ssh-hostkeys.service": ImageFile(SSH_HOSTKEYS_UNIT.encode()),
             "/etc/hostname": ImageFile(b"localhost\n"),
             "/etc/hosts": ImageFile(b"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost\n"),
             "/etc/resolv.conf": ImageFile(b""),
@@ -773,8 +771,7 @@ def _require_tools() -> None:
     missing = [tool for tool in ("podman", "ssh", "ssh-keyscan") if shutil.which(tool) is None]
     if missing:
         raise TestbedError(
-            f"the test bed needs {', '.join(missing)} on this machine: "
-            "apt-get install podman openssh-client"
+            f"the test bed needs {', '.join(missing)} on this machine: apt-get install podman openssh-client"
         )
 
 
@@ -794,9 +791,7 @@ def _file_lock(path: Path, console: Console, waiting: str) -> Iterator[None]:
                         break
                     except BlockingIOError:
                         if time.monotonic() > deadline:
-                            raise TestbedError(
-                                f"gave up waiting for {path} (held by another sciplat)"
-                            ) from None
+                            raise TestbedError(f"gave up waiting for {path} (held by another sciplat)") from None
                         time.sleep(1)
         try:
             yield
@@ -902,16 +897,12 @@ def _stream(argv: Sequence[str], log: Path, on_line: Callable[[str], None], time
                 proc.kill()
         code = proc.wait()
     if code != 0:
-        raise TestbedError(
-            f"{argv[0]} failed ({code}); last lines (full log: {log}):\n" + "\n".join(tail)
-        )
+        raise TestbedError(f"{argv[0]} failed ({code}); last lines (full log: {log}):\n" + "\n".join(tail))
 
 
 def _build_image(recipe: Recipe, console: Console) -> None:
     if shutil.which("debootstrap") is None:
-        raise TestbedError(
-            "building the test-bed image needs debootstrap: apt-get install debootstrap"
-        )
+        raise TestbedError("building the test-bed image needs debootstrap: apt-get install debootstrap")
     build_parent = CACHE_ROOT / "build"
     build_parent.mkdir(parents=True, exist_ok=True)
     for stale in build_parent.iterdir():  # left by a killed build; we hold the build lock
@@ -988,9 +979,7 @@ def ensure_image(console: Console, recipe: Recipe | None = None) -> str:
     recipe = recipe or build_recipe()
     if _image_id(recipe.image):
         return recipe.image
-    with _file_lock(
-        CACHE_ROOT / "locks" / "build.lock", console, "waiting for another test-bed image build"
-    ):
+    with _file_lock(CACHE_ROOT / "locks" / "build.lock", console, "waiting for another test-bed image build"):
         if not _image_id(recipe.image):
             _build_image(recipe, console)
     _prune_images(recipe.image, console)
@@ -1027,9 +1016,7 @@ def ensure_ssh_key(key: Path, comment: str) -> str:
         serialization.PrivateFormat.OpenSSH,
         serialization.NoEncryption(),
     )
-    public = private.public_key().public_bytes(
-        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
-    )
+    public = private.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
     fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as handle:
         handle.write(pem)
@@ -1064,9 +1051,7 @@ def render_ssh_config(spec: TestbedSpec, key: Path, known_hosts: Path) -> str:
 
 
 def render_hosts_yml(spec: TestbedSpec, key: Path, known_hosts: Path) -> str:
-    common_args = (
-        f"-o UserKnownHostsFile={shlex.quote(str(known_hosts))} -o StrictHostKeyChecking=yes"
-    )
+    common_args = f"-o UserKnownHostsFile={shlex.quote(str(known_hosts))} -o StrictHostKeyChecking=yes"
     hosts: dict[str, Any] = {}
     for name, host in spec.hosts.items():
         hosts[name] = {
@@ -1076,10 +1061,7 @@ def render_hosts_yml(spec: TestbedSpec, key: Path, known_hosts: Path) -> str:
             "ansible_ssh_common_args": common_args,
             "ansible_python_interpreter": "/usr/bin/python3",
         }
-    children = {
-        group: {"hosts": {member: None for member in members}}
-        for group, members in spec.groups().items()
-    }
+    children = {group: {"hosts": {member: None for member in members}} for group, members in spec.groups().items()}
     inventory: dict[str, Any] = {"all": {"hosts": hosts}}
     if children:
         inventory["all"]["children"] = children
@@ -1107,9 +1089,7 @@ def _keyscan(spec: TestbedSpec, names: Sequence[str], deadline: float) -> dict[s
     pending = list(names)
     while pending:
         by_ip = {str(spec.hosts[name].ip): name for name in pending}
-        proc = _run(
-            ["ssh-keyscan", "-T", "5", "-t", "ed25519,ecdsa,rsa", *by_ip], check=False, timeout=60
-        )
+        proc = _run(["ssh-keyscan", "-T", "5", "-t", "ed25519,ecdsa,rsa", *by_ip], check=False, timeout=60)
         for line in proc.stdout.splitlines():
             parts = line.split()
             if len(parts) >= 3 and parts[0] in by_ip:
@@ -1118,9 +1098,7 @@ def _keyscan(spec: TestbedSpec, names: Sequence[str], deadline: float) -> dict[s
         pending = [name for name in pending if name not in result]
         if pending:
             if time.monotonic() > deadline:
-                raise TestbedError(
-                    f"sshd on {', '.join(pending)} did not answer within {SSH_TIMEOUT:.0f}s"
-                )
+                raise TestbedError(f"sshd on {', '.join(pending)} did not answer within {SSH_TIMEOUT:.0f}s")
             time.sleep(1)
     return result
 
@@ -1142,9 +1120,7 @@ def _ssh_ok(ssh_config: Path, host: str, timeout: int = 10) -> bool:
         "true",
     ]
     try:
-        proc = subprocess.run(
-            argv, capture_output=True, stdin=subprocess.DEVNULL, timeout=timeout + 10, check=False
-        )
+        proc = subprocess.run(argv, capture_output=True, stdin=subprocess.DEVNULL, timeout=timeout + 10, check=False)
     except (subprocess.TimeoutExpired, FileNotFoundError):
         return False
     return proc.returncode == 0
@@ -1186,9 +1162,7 @@ def _ensure_network(spec: TestbedSpec, console: Console) -> None:
             )
         if _network_subnets(net) == [subnet] and net.get("driver") == "bridge":
             return
-        console.print(
-            f"network {name} has subnet {_network_subnets(net)}; recreating with {subnet}"
-        )
+        console.print(f"network {name} has subnet {_network_subnets(net)}; recreating with {subnet}")
         _remove_containers(_containers_on_network(name))
         _podman("network", "rm", "--force", name)
     proc = _podman(
@@ -1211,9 +1185,7 @@ def _ensure_network(spec: TestbedSpec, console: Console) -> None:
 
 
 def _containers_on_network(network: str) -> list[str]:
-    proc = _podman(
-        "ps", "-a", "--filter", f"network={network}", "--format", "{{.Names}}", check=False
-    )
+    proc = _podman("ps", "-a", "--filter", f"network={network}", "--format", "{{.Names}}", check=False)
     return proc.stdout.split()
 
 
@@ -1392,14 +1364,10 @@ def _create_host(spec: TestbedSpec, name: str, image: str) -> None:
     labelled = [*args[:-2], "--label", f"{LABEL_CONFIG}={_config_digest(args)}", *args[-2:]]
     proc = _podman("run", "--detach", *labelled, check=False, timeout=180)
     if proc.returncode != 0:
-        raise TestbedError(
-            f"cannot start host {name} ({spec.container(name)}): {proc.stderr.strip()[-1500:]}"
-        )
+        raise TestbedError(f"cannot start host {name} ({spec.container(name)}): {proc.stderr.strip()[-1500:]}")
 
 
-def _reusable(
-    spec: TestbedSpec, name: str, image: str, image_id: str, info: dict[str, Any] | None
-) -> tuple[bool, str]:
+def _reusable(spec: TestbedSpec, name: str, image: str, image_id: str, info: dict[str, Any] | None) -> tuple[bool, str]:
     if info is None:
         return False, "missing"
     labels = (info.get("Config") or {}).get("Labels") or {}
@@ -1435,9 +1403,7 @@ def _parallel(fn: Callable[[str], Any], names: Sequence[str]) -> dict[str, Any]:
 # --------------------------------------------------------------------------- public API
 
 
-def up(
-    inventory_dir: Path, *, recreate: bool = False, console: Console | None = None
-) -> list[TestbedHost]:
+def up(inventory_dir: Path, *, recreate: bool = False, console: Console | None = None) -> list[TestbedHost]:
     """Create or heal the bed described by ``<inventory_dir>/testbed.yml``.
 
     Reuses every host that is running the current image and configuration and
@@ -1497,26 +1463,21 @@ def up(
                 results.update(_parallel(lambda n: _wait_host(spec, n, public_key), pending))
                 known = _keyscan(spec, pending, time.monotonic() + SSH_TIMEOUT)
             _update_known_hosts(paths["known_hosts"], spec, known)
-            _write_if_changed(
-                paths["ssh_config"], render_ssh_config(spec, paths["key"], paths["known_hosts"])
-            )
+            _write_if_changed(paths["ssh_config"], render_ssh_config(spec, paths["key"], paths["known_hosts"]))
             ssh = _parallel(lambda n: _ssh_ok(paths["ssh_config"], n), pending)
             broken = [name for name in pending if not ssh[name]]
             if not broken:
                 break
             if attempt == 2 or any(actions[name] == "created" for name in broken):
                 raise TestbedError(
-                    f"SSH to {', '.join(broken)} fails; see "
-                    f"ssh -F {paths['ssh_config']} -v {broken[0]} true"
+                    f"SSH to {', '.join(broken)} fails; see ssh -F {paths['ssh_config']} -v {broken[0]} true"
                 )
             out.print(f"SSH to {', '.join(broken)} fails; recreating")
             for name in broken:
                 actions[name] = "created"
                 results.pop(name, None)
 
-        _write_if_changed(
-            paths["hosts"], render_hosts_yml(spec, paths["key"], paths["known_hosts"])
-        )
+        _write_if_changed(paths["hosts"], render_hosts_yml(spec, paths["key"], paths["known_hosts"]))
     hosts = [
         TestbedHost(
             name=name,
@@ -1558,9 +1519,7 @@ def _print_hosts(
     for column in ("host", "address", "groups", "container", "systemd"):
         table.add_column(column)
     for host in hosts:
-        state = (
-            host.state if not host.failed_units else f"{host.state}: {', '.join(host.failed_units)}"
-        )
+        state = host.state if not host.failed_units else f"{host.state}: {', '.join(host.failed_units)}"
         color = "green" if host.state == "running" else "yellow"
         table.add_row(
             host.name,
@@ -1574,9 +1533,7 @@ def _print_hosts(
     out.print(f"ssh:       ssh -F {paths['ssh_config']} <host>")
 
 
-def down(
-    inventory_dir: Path, *, remove_image: bool = False, console: Console | None = None
-) -> None:
+def down(inventory_dir: Path, *, remove_image: bool = False, console: Console | None = None) -> None:
     """Remove the bed's containers and network (not the caches; the image only if asked)."""
     out = _console(console)
     spec = load_spec(inventory_dir)
