@@ -1,0 +1,133 @@
+"""Filters that check and complete the route declarations of sciplat.
+
+A declaration (docs/development.md, "Declarations") is a list of items
+``{name, path, upstream, websocket, max_body, admin_only}`` kept in variables
+named ``gateway_routes_<component>``. The role checks every item with
+``sciplat_gateway_route_errors`` in its preflight and renders the completed
+items of ``sciplat_gateway_routes``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+_REQUIRED = ("name", "path", "upstream")
+_OPTIONAL = ("websocket", "max_body", "admin_only", "buffering")
+_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+# A location prefix: no whitespace, quotes, braces, semicolons or regex syntax.
+_PATH = re.compile(r"^/[A-Za-z0-9._~/%@+-]*$")
+# http(s)://host[:port][/path] with a DNS name, IPv4 or [IPv6] host, or an nginx
+# unix socket (http://unix:/run/x.sock:/path).
+_UPSTREAM = re.compile(
+    r"^https?://("
+    r"unix:/[A-Za-z0-9._/@+-]+:?"
+    r"|(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?)(:\d{1,5})?"
+    r")(/[A-Za-z0-9._~/%@+-]*)?$"
+)
+_SIZE = re.compile(r"^\d+[kKmMgG]?$")
+
+
+def _label(route: Any, index: int) -> str:
+    if isinstance(route, Mapping) and route.get("name"):
+        return f"gateway route {route['name']!r}"
+    return f"gateway route #{index + 1} (it has no name)"
+
+
+def route_errors(routes: Any, reserved_paths: Iterable[str] = ()) -> list[str]:
+    """Every problem with the declared routes, one message per problem."""
+    if routes is None:
+        return []
+    if not isinstance(routes, list):
+        return [f"gateway routes must be a list of mappings, got {type(routes).__name__}"]
+    reserved = set(reserved_paths)
+    errors: list[str] = []
+    names: set[str] = set()
+    paths: dict[str, str] = {}
+    for index, route in enumerate(routes):
+        label = _label(route, index)
+        if not isinstance(route, Mapping):
+            errors.append(f"{label}: must be a mapping, got {route!r}")
+            continue
+        for key in _REQUIRED:
+            if key not in route:
+                errors.append(f"{label}: '{key}' is missing")
+        unknown = sorted(set(route) - set(_REQUIRED) - set(_OPTIONAL))
+        if unknown:
+            errors.append(
+                f"{label}: unknown keys {unknown}; allowed are {sorted(_REQUIRED + _OPTIONAL)}"
+            )
+        name = route.get("name")
+        if name is not None:
+            if not isinstance(name, str) or not _NAME.match(name):
+                errors.append(f"{label}: 'name' must be letters, digits, '_', '.' or '-'")
+            elif name in names:
+                errors.append(f"{label}: the name is declared twice")
+            else:
+                names.add(name)
+        path = route.get("path")
+        if path is not None:
+            if not isinstance(path, str) or not _PATH.match(path):
+                errors.append(
+                    f"{label}: 'path' {path!r} must start with '/' and hold only letters, "
+                    "digits and . _ ~ / % @ + -"
+                )
+            elif path in reserved or path.rstrip("/") in reserved:
+                errors.append(
+                    f"{label}: 'path' {path!r} is served by the gateway itself "
+                    f"({', '.join(sorted(reserved))})"
+                )
+            elif path in paths:
+                errors.append(f"{label}: 'path' {path!r} is already routed by {paths[path]!r}")
+            else:
+                paths[path] = str(name)
+        upstream = route.get("upstream")
+        if upstream is not None and (not isinstance(upstream, str) or not _UPSTREAM.match(upstream)):
+            errors.append(
+                f"{label}: 'upstream' {upstream!r} must be a URL like http://10.0.0.5:8000 "
+                "or https://hub.internal:8081/hub/"
+            )
+        for key in ("websocket", "admin_only", "buffering"):
+            if key in route and not isinstance(route[key], bool):
+                errors.append(f"{label}: '{key}' must be true or false, got {route[key]!r}")
+        if "max_body" in route and not (
+            isinstance(route["max_body"], (str, int))
+            and not isinstance(route["max_body"], bool)
+            and _SIZE.match(str(route["max_body"]))
+        ):
+            errors.append(
+                f"{label}: 'max_body' {route['max_body']!r} must be an nginx size like 10m or 1g"
+            )
+    return errors
+
+
+def routes(declared: Iterable[Mapping[str, Any]], max_body: str) -> list[dict[str, Any]]:
+    """The declared routes with every optional key filled in, sorted by path."""
+    completed = []
+    for route in declared or []:
+        websocket = bool(route.get("websocket", False))
+        completed.append(
+            {
+                "name": route["name"],
+                "path": route["path"],
+                "upstream": route["upstream"],
+                "websocket": websocket,
+                "max_body": str(route.get("max_body", max_body)),
+                "admin_only": bool(route.get("admin_only", False)),
+                # streaming routes (websockets) must not be buffered by the proxy
+                "buffering": bool(route.get("buffering", not websocket)),
+                "tls_upstream": str(route["upstream"]).startswith("https://"),
+            }
+        )
+    return sorted(completed, key=lambda r: (r["path"], r["name"]))
+
+
+class FilterModule:
+    """sciplat gateway filters."""
+
+    def filters(self) -> dict[str, Any]:
+        return {
+            "sciplat_gateway_route_errors": route_errors,
+            "sciplat_gateway_routes": routes,
+        }
