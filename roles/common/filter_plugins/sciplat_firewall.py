@@ -43,7 +43,7 @@ def _port_error(port: Any) -> str | None:
             if low > high:
                 return f"port range {port!r} starts above its end"
             return None
-    return f"port {port!r} is neither a number nor a range like \"8000-8010\""
+    return f'port {port!r} is neither a number nor a range like "8000-8010"'
 
 
 def _port_text(port: Any) -> str:
@@ -86,9 +86,7 @@ def firewall_errors(rules: Any, groups: Mapping[str, Any]) -> list[str]:
             continue
         name = rule.get("name")
         if not isinstance(name, str) or not re.match(r"^[A-Za-z0-9_.:-]+$", name):
-            errors.append(
-                f"{label}: 'name' must be letters, digits, '_', '.', ':' or '-', got {name!r}"
-            )
+            errors.append(f"{label}: 'name' must be letters, digits, '_', '.', ':' or '-', got {name!r}")
         elif name in seen:
             errors.append(f"{label}: the name is declared twice")
         else:
@@ -110,9 +108,7 @@ def firewall_errors(rules: Any, groups: Mapping[str, Any]) -> list[str]:
             errors.append(f"{label}: 'group' must name the host group that opens the port")
         sources = rule.get("sources")
         if not isinstance(sources, list) or not sources:
-            errors.append(
-                f"{label}: 'sources' must be a non-empty list of group names, CIDRs or 'any'"
-            )
+            errors.append(f"{label}: 'sources' must be a non-empty list of group names, CIDRs or 'any'")
             continue
         for source in sources:
             if not isinstance(source, str) or not source:

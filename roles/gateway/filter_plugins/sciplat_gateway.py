@@ -55,9 +55,7 @@ def route_errors(routes: Any, reserved_paths: Iterable[str] = ()) -> list[str]:
                 errors.append(f"{label}: '{key}' is missing")
         unknown = sorted(set(route) - set(_REQUIRED) - set(_OPTIONAL))
         if unknown:
-            errors.append(
-                f"{label}: unknown keys {unknown}; allowed are {sorted(_REQUIRED + _OPTIONAL)}"
-            )
+            errors.append(f"{label}: unknown keys {unknown}; allowed are {sorted(_REQUIRED + _OPTIONAL)}")
         name = route.get("name")
         if name is not None:
             if not isinstance(name, str) or not _NAME.match(name):
@@ -70,13 +68,11 @@ def route_errors(routes: Any, reserved_paths: Iterable[str] = ()) -> list[str]:
         if path is not None:
             if not isinstance(path, str) or not _PATH.match(path):
                 errors.append(
-                    f"{label}: 'path' {path!r} must start with '/' and hold only letters, "
-                    "digits and . _ ~ / % @ + -"
+                    f"{label}: 'path' {path!r} must start with '/' and hold only letters, digits and . _ ~ / % @ + -"
                 )
             elif path in reserved or path.rstrip("/") in reserved:
                 errors.append(
-                    f"{label}: 'path' {path!r} is served by the gateway itself "
-                    f"({', '.join(sorted(reserved))})"
+                    f"{label}: 'path' {path!r} is served by the gateway itself ({', '.join(sorted(reserved))})"
                 )
             elif path in paths:
                 errors.append(f"{label}: 'path' {path!r} is already routed by {paths[path]!r}")
@@ -96,9 +92,7 @@ def route_errors(routes: Any, reserved_paths: Iterable[str] = ()) -> list[str]:
             and not isinstance(route["max_body"], bool)
             and _SIZE.match(str(route["max_body"]))
         ):
-            errors.append(
-                f"{label}: 'max_body' {route['max_body']!r} must be an nginx size like 10m or 1g"
-            )
+            errors.append(f"{label}: 'max_body' {route['max_body']!r} must be an nginx size like 10m or 1g")
     return errors
 
 
