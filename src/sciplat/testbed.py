@@ -982,7 +982,6 @@ def ensure_image(console: Console, recipe: Recipe | None = None) -> str:
     with _file_lock(CACHE_ROOT / "locks" / "build.lock", console, "waiting for another test-bed image build"):
         if not _image_id(recipe.image):
             _build_image(recipe, console)
-    _prune_images(recipe.image, console)
     return recipe.image
 
 
@@ -1089,7 +1088,7 @@ def _keyscan(spec: TestbedSpec, names: Sequence[str], deadline: float) -> dict[s
     pending = list(names)
     while pending:
         by_ip = {str(spec.hosts[name].ip): name for name in pending}
-        proc = _run(["ssh-keyscan", "-T", "5", "-t", "ed25519,ecdsa,rsa", *by_ip], check=False, timeout=60)
+        proc = _run(["ssh-keyscan", "-T", "5", "-t", "ed25519", *by_ip], check=False, timeout=60)
         for line in proc.stdout.splitlines():
             parts = line.split()
             if len(parts) >= 3 and parts[0] in by_ip:
@@ -1368,6 +1367,7 @@ def _create_host(spec: TestbedSpec, name: str, image: str) -> None:
 
 
 def _reusable(spec: TestbedSpec, name: str, image: str, image_id: str, info: dict[str, Any] | None) -> tuple[bool, str]:
+    """Whether an existing container can stay: (True, systemd state) or (False, why not)."""
     if info is None:
         return False, "missing"
     labels = (info.get("Config") or {}).get("Labels") or {}
@@ -1383,9 +1383,9 @@ def _reusable(spec: TestbedSpec, name: str, image: str, image_id: str, info: dic
     if _container_ip(info, spec.network.name) != str(spec.hosts[name].ip):
         return False, "wrong address"
     systemd = _systemd_state(spec.container(name), wait=None)
-    if systemd not in ("running", "degraded", "starting"):
-        return False, f"systemd {systemd}"
-    return True, "healthy"
+    if systemd not in ("running", "degraded"):
+        return False, f"systemd is {systemd}"
+    return True, systemd
 
 
 def _console(console: Console | None) -> Console:
@@ -1445,12 +1445,15 @@ def up(inventory_dir: Path, *, recreate: bool = False, console: Console | None =
                 ),
                 list(spec.hosts),
             )
+        results: dict[str, tuple[str, list[str]]] = {}
         for name, (ok, why) in checks.items():
             actions[name] = "reused" if ok else "created"
-            if not ok and spec.container(name) in infos:
+            if ok:
+                results[name] = (why, _failed_units(spec.container(name)) if why == "degraded" else [])
+            elif spec.container(name) in infos:
                 out.print(f"host {name}: {why}; recreating")
 
-        results: dict[str, tuple[str, list[str]]] = {}
+        scanned: list[str] = []
         for attempt in (1, 2):
             to_create = [n for n in spec.hosts if actions[n] == "created" and n not in results]
             if to_create:
@@ -1458,14 +1461,22 @@ def up(inventory_dir: Path, *, recreate: bool = False, console: Console | None =
                     _remove_containers([spec.container(n) for n in to_create])
                     for name in to_create:
                         _create_host(spec, name, image)
-            pending = [name for name in spec.hosts if name not in results]
+            booting = [name for name in spec.hosts if name not in results]
+            pending = [name for name in spec.hosts if name not in scanned]
             with out.status(f"waiting for systemd and sshd on {', '.join(pending)}"):
-                results.update(_parallel(lambda n: _wait_host(spec, n, public_key), pending))
+                results.update(_parallel(lambda n: _wait_host(spec, n, public_key), booting))
                 known = _keyscan(spec, pending, time.monotonic() + SSH_TIMEOUT)
             _update_known_hosts(paths["known_hosts"], spec, known)
             _write_if_changed(paths["ssh_config"], render_ssh_config(spec, paths["key"], paths["known_hosts"]))
             ssh = _parallel(lambda n: _ssh_ok(paths["ssh_config"], n), pending)
+            scanned = [name for name in pending if ssh[name]]
             broken = [name for name in pending if not ssh[name]]
+            for name in [n for n in broken if actions[n] == "reused"]:
+                # A healthy host that refuses our key (e.g. .sciplat/ was deleted): give it the key.
+                _install_key(spec.container(name), public_key)
+                if _ssh_ok(paths["ssh_config"], name):
+                    broken.remove(name)
+                    scanned.append(name)
             if not broken:
                 break
             if attempt == 2 or any(actions[name] == "created" for name in broken):
@@ -1478,6 +1489,7 @@ def up(inventory_dir: Path, *, recreate: bool = False, console: Console | None =
                 results.pop(name, None)
 
         _write_if_changed(paths["hosts"], render_hosts_yml(spec, paths["key"], paths["known_hosts"]))
+        _prune_images(image, out)  # older recipes' images, once no container of ours uses them
     hosts = [
         TestbedHost(
             name=name,
