@@ -320,7 +320,11 @@ def testbed_status(inventory: TestbedInventory = Path("inventories/local"), as_j
     """State of the test bed's image, network and hosts."""
     from sciplat import testbed
 
-    report = testbed.status(inventory)
+    try:
+        report = testbed.status(inventory)
+    except testbed.TestbedError as exc:
+        err.print(f"[red]test bed:[/] {exc}")
+        raise typer.Exit(1) from None
     if as_json:
         print(json.dumps(report, indent=2, default=str))
     else:
