@@ -134,6 +134,12 @@ def _ansible_env(repo: Path, events: Path) -> dict[str, str]:
             "PYTHONUNBUFFERED": "1",
         }
     )
+    strategy = os.environ.get("SCIPLAT_ANSIBLE_STRATEGY", "mitogen_linear")
+    if strategy.startswith("mitogen"):
+        import ansible_mitogen
+
+        env["ANSIBLE_STRATEGY_PLUGINS"] = str(Path(ansible_mitogen.__file__).parent / "plugins" / "strategy")
+    env["ANSIBLE_STRATEGY"] = strategy
     # the venv's ansible-playbook, even when sciplat is called by its full path
     bindir = str(Path(sys.executable).parent)
     env["PATH"] = bindir + os.pathsep + env.get("PATH", "")
