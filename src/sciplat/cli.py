@@ -42,16 +42,16 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JS
 EXIT_INVALID = 2
 
 
-def _print_problems(result: Result, inventory: Path) -> None:
-    for problem in result.problems:
+def _print_problems(result: Result, inventory: Path, *, warnings: bool = True) -> None:
+    for problem in result.problems if warnings else result.errors:
         style = "red" if problem.severity == "error" else "yellow"
         err.print(f"[{style}]{problem.severity}[/] {inventory}/{problem}", highlight=False, soft_wrap=True)
 
 
-def _validated(inventory: Path) -> PlatformSpec:
+def _validated(inventory: Path, *, warnings: bool = True) -> PlatformSpec:
     """Validate or exit 2: no host is touched before the spec and inventory are sound."""
     result = validate_inventory_dir(inventory)
-    _print_problems(result, inventory)
+    _print_problems(result, inventory, warnings=warnings)
     if not result.ok or result.spec is None:
         err.print(f"[red]{len(result.errors)} problem(s) in {inventory}; nothing was changed.[/]")
         raise typer.Exit(EXIT_INVALID)
@@ -157,10 +157,14 @@ def status(inventory: InventoryOpt, as_json: JsonOpt = False) -> None:
     """Health of every host and service; exits 1 when anything is unhealthy."""
     from sciplat import status as status_mod
 
-    spec = _validated(inventory)
+    spec = _validated(inventory, warnings=False)
     if not (inventory / render_mod.STATE_DIR / "inventory").exists():
         render_mod.write_inventory_source(spec, inventory)
-    report = status_mod.collect(inventory, spec.public_url, spec.platform.name)
+    try:
+        report = status_mod.collect(inventory, spec.public_url, spec.platform.name)
+    except status_mod.StatusError as exc:
+        err.print(f"[red]status:[/] {exc}")
+        raise typer.Exit(1) from None
     if as_json:
         print(json.dumps(report, indent=2))
     else:
@@ -227,7 +231,7 @@ def secrets_show(
     inventory: InventoryOpt,
 ) -> None:
     """Print one secret (a dotted name reaches inside a mapping)."""
-    spec = _validated(inventory)
+    spec = _validated(inventory, warnings=False)
     try:
         password, _ = secrets_mod.password_source(spec.platform.name)
         data: Any = secrets_mod.read_vault(inventory / secrets_mod.VAULT_FILE, password)
@@ -245,7 +249,7 @@ def secrets_show(
 @secrets_app.command("list")
 def secrets_list(inventory: InventoryOpt, as_json: JsonOpt = False) -> None:
     """Names of declared secrets, who declares them, and whether they exist yet."""
-    spec = _validated(inventory)
+    spec = _validated(inventory, warnings=False)
     repo = repo_root()
     password, _ = secrets_mod.password_source(spec.platform.name)
     existing = secrets_mod.read_vault(inventory / secrets_mod.VAULT_FILE, password)

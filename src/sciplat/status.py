@@ -12,6 +12,7 @@ import json
 import shlex
 import ssl
 import subprocess
+import sys
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -20,6 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from sciplat.render import STATE_DIR
+
+
+class StatusError(Exception):
+    """The inventory could not be read; nothing was checked."""
 
 
 @dataclass(frozen=True)
@@ -91,7 +96,7 @@ def inventory_hostvars(
 ) -> tuple[dict[str, list[str]], dict[str, dict[str, Any]]]:
     """Groups and merged host variables, as Ansible itself resolves them."""
     command = [
-        "ansible-inventory",
+        str(Path(sys.executable).parent / "ansible-inventory"),
         "-i",
         str(inventory_dir / "hosts.yml"),
         "-i",
