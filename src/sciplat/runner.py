@@ -122,7 +122,7 @@ def build_command(
     return command
 
 
-def _ansible_env(repo: Path, events: Path) -> dict[str, str]:
+def _ansible_env(repo: Path, events: Path, inventory_dir: Path) -> dict[str, str]:
     env = dict(os.environ)
     env.update(
         {
@@ -131,6 +131,8 @@ def _ansible_env(repo: Path, events: Path) -> dict[str, str]:
             "ANSIBLE_FORCE_COLOR": "0",
             "ANSIBLE_NOCOLOR": "1",
             "SCIPLAT_EVENTS": str(events),
+            # facts are cached per inventory: two inventories may both have a host "gw"
+            "ANSIBLE_CACHE_PLUGIN_CONNECTION": str(inventory_dir / STATE_DIR / "facts"),
             "PYTHONUNBUFFERED": "1",
         }
     )
@@ -220,7 +222,7 @@ def run_playbook(
             process = subprocess.Popen(
                 command,
                 cwd=repo,
-                env=_ansible_env(repo, events_path),
+                env=_ansible_env(repo, events_path, inventory_dir),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,

@@ -1488,6 +1488,9 @@ def up(inventory_dir: Path, *, recreate: bool = False, console: Console | None =
                 actions[name] = "created"
                 results.pop(name, None)
 
+        for name in (n for n in spec.hosts if actions[n] == "created"):
+            # a new host: Ansible's cached facts (per inventory, see runner) describe the old one
+            (inventory_dir / ".sciplat" / "facts" / name).unlink(missing_ok=True)
         _write_if_changed(paths["hosts"], render_hosts_yml(spec, paths["key"], paths["known_hosts"]))
         _prune_images(image, out)  # older recipes' images, once no container of ours uses them
     hosts = [
