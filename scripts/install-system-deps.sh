@@ -9,6 +9,7 @@ packages=(
   openssh-client curl ca-certificates git make             # controller tools
   python3-venv                                             # the sciplat venv
   postgresql-client                                        # integration tests speak to PostgreSQL
+  prometheus prometheus-alertmanager                       # promtool/amtool check the alert rules
 )
 
 missing=()

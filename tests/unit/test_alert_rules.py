@@ -1,0 +1,146 @@
+"""The monitor role's alert rules: valid (`promtool check rules`), unit-tested
+(`promtool test rules`), and documented (annotations and docs/monitoring.md).
+
+promtool and amtool come from the Debian packages prometheus and
+prometheus-alertmanager (scripts/install-system-deps.sh installs them).
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import REPO
+
+RULES_DIR = REPO / "roles" / "monitor" / "files" / "rules"
+TESTS_DIR = RULES_DIR / "tests"
+RULE_FILES = sorted(RULES_DIR.glob("*.yml"))
+TEST_FILES = sorted(TESTS_DIR.glob("*.yml"))
+
+PROMTOOL = shutil.which("promtool")
+needs_promtool = pytest.mark.skipif(
+    PROMTOOL is None,
+    reason="promtool is missing: install the Debian package prometheus (scripts/install-system-deps.sh)",
+)
+
+
+def alerts_in(path: Path) -> list[dict[str, object]]:
+    data = yaml.safe_load(path.read_text())
+    return [rule for group in data["groups"] for rule in group["rules"] if "alert" in rule]
+
+
+def all_alerts() -> dict[str, dict[str, object]]:
+    return {str(rule["alert"]): rule for path in RULE_FILES for rule in alerts_in(path)}
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(list(args), capture_output=True, text=True, timeout=120, check=False)
+
+
+def test_there_are_rules_and_tests() -> None:
+    assert RULE_FILES, f"no rule files in {RULES_DIR}"
+    assert TEST_FILES, f"no promtool test files in {TESTS_DIR}"
+
+
+@needs_promtool
+@pytest.mark.parametrize("path", RULE_FILES, ids=lambda p: p.name)
+def test_promtool_check_rules(path: Path) -> None:
+    done = run(str(PROMTOOL), "check", "rules", str(path))
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+@needs_promtool
+@pytest.mark.parametrize("path", TEST_FILES, ids=lambda p: p.name)
+def test_promtool_test_rules(path: Path) -> None:
+    done = subprocess.run(
+        [str(PROMTOOL), "test", "rules", path.name],
+        cwd=path.parent,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_every_rule_file_has_a_test_file() -> None:
+    tested = set()
+    for path in TEST_FILES:
+        for rule_file in yaml.safe_load(path.read_text()).get("rule_files", []):
+            tested.add((path.parent / rule_file).resolve())
+    untested = [p.name for p in RULE_FILES if p.resolve() not in tested]
+    assert not untested, f"rule files without a promtool test in {TESTS_DIR}: {untested}"
+
+
+def test_every_alert_is_unit_tested() -> None:
+    tested: set[str] = set()
+    for path in TEST_FILES:
+        for case in yaml.safe_load(path.read_text()).get("tests", []):
+            for check in case.get("alert_rule_test", []):
+                if check.get("exp_alerts"):
+                    tested.add(check["alertname"])
+    missing = sorted(set(all_alerts()) - tested)
+    assert not missing, f"alerts without a promtool test that expects them to fire: {missing}"
+
+
+@pytest.mark.parametrize("name", sorted(all_alerts()))
+def test_alert_has_severity_summary_and_runbook(name: str) -> None:
+    rule = all_alerts()[name]
+    labels = rule.get("labels") or {}
+    annotations = rule.get("annotations") or {}
+    assert isinstance(labels, dict) and labels.get("severity") in ("critical", "warning"), (
+        f"alert {name}: labels.severity must be critical or warning (Alertmanager routes on it)"
+    )
+    assert isinstance(annotations, dict) and annotations.get("summary"), f"alert {name}: annotation summary missing"
+    assert annotations.get("runbook"), f"alert {name}: annotation runbook (what to do) missing"
+
+
+def test_every_alert_is_documented() -> None:
+    text = (REPO / "docs" / "monitoring.md").read_text()
+    missing = [name for name in all_alerts() if f"`{name}`" not in text]
+    assert not missing, f"docs/monitoring.md has no table row for: {missing}"
+
+
+AMTOOL = shutil.which("amtool")
+
+
+@pytest.mark.skipif(
+    AMTOOL is None,
+    reason="amtool is missing: install the Debian package prometheus-alertmanager (scripts/install-system-deps.sh)",
+)
+def test_amtool_accepts_a_rendered_alertmanager_config(tmp_path: Path) -> None:
+    """The template's output for email + webhook routes and the test receiver passes amtool."""
+    jinja2 = pytest.importorskip("jinja2")
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(REPO / "roles" / "monitor" / "templates"))
+    env.filters["to_json"] = __import__("json").dumps
+    text = env.get_template("alertmanager.yml.j2").render(
+        ansible_managed="test",
+        monitor_alert_routes=[
+            {
+                "type": "email",
+                "to": "ops@example.org",
+                "smtp_host": "smtp.example.org",
+                "smtp_port": 587,
+                "severity": "critical",
+            },
+            {"type": "webhook", "url": "https://chat.example.org/hook", "severity": "all"},
+        ],
+        monitor_alert_email_from="alertmanager@example.org",
+        monitor_alertmanager_group_wait="30s",
+        monitor_alertmanager_group_interval="5m",
+        monitor_alertmanager_repeat_interval="4h",
+        monitor_test_receiver=True,
+        monitor_test_receiver_port=9095,
+    )
+    config = tmp_path / "alertmanager.yml"
+    config.write_text(text)
+    done = run(str(AMTOOL), "check-config", str(config))
+    assert done.returncode == 0, text + done.stdout + done.stderr
+    routes = yaml.safe_load(text)["route"]["routes"]
+    assert routes[0]["matchers"] == ['severity="critical"']
+    assert "matchers" not in routes[1]
+    assert routes[2]["receiver"] == "test-receiver"
