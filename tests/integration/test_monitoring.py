@@ -1,0 +1,157 @@
+"""Monitoring on the deployed test bed: every scrape target is up, the exporters
+are reachable from the monitor host only, and stopping PostgreSQL delivers a
+PostgreSQLDown alert to the test receiver, then its resolution.
+
+Test bed: gw = monitor (Prometheus, Alertmanager, the test receiver), data = db.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from tests.integration.test_common import address_of, tcp_from_host
+
+MONITOR = "gw"
+DB = "data"
+HOSTS = ["gw", "data", "c1", "c2"]
+PROMETHEUS = "http://127.0.0.1:9090"
+RECEIVER = "http://127.0.0.1:9095/"
+POSTGRESQL_UNIT = "postgresql@15-main.service"
+
+
+def get_json(host: Any, url: str) -> Any:
+    """GET a URL on a test-bed host (its loopback) and parse the JSON answer."""
+    return json.loads(host.check_output(f"curl -fsS --max-time 10 {url}"))
+
+
+def targets(host: Any) -> list[dict[str, Any]]:
+    data = get_json(host, f"{PROMETHEUS}/api/v1/targets?state=active")
+    return list(data["data"]["activeTargets"])
+
+
+def wait_targets_up(host: Any, expected: set[tuple[str, str]], timeout: float = 90) -> list[dict[str, Any]]:
+    """Wait until every (job, instance) in `expected` is scraped and up; return the targets."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = targets(host)
+        health = {(t["labels"]["job"], t["labels"]["instance"]): t["health"] for t in found}
+        if expected <= set(health) and all(health[key] == "up" for key in expected):
+            return found
+        if time.monotonic() > deadline:
+            bad = {
+                f"{job}/{instance}": health.get((job, instance), "missing")
+                for job, instance in sorted(expected)
+                if health.get((job, instance)) != "up"
+            }
+            errors = {
+                f"{t['labels']['job']}/{t['labels']['instance']}": t["lastError"] for t in found if t["lastError"]
+            }
+            raise AssertionError(f"scrape targets not up after {timeout:.0f}s: {bad}; errors: {errors}")
+        time.sleep(5)
+
+
+def notifications(host: Any, since: float) -> list[dict[str, Any]]:
+    """Alerts (with the notification's status) the test receiver got after `since` (host clock)."""
+    alerts = []
+    for record in get_json(host, RECEIVER):
+        if record["received_at"] < since:
+            continue
+        for alert in record["payload"].get("alerts", []):
+            alerts.append({**alert, "received_at": record["received_at"]})
+    return alerts
+
+
+def wait_for_alert(host: Any, name: str, instance: str, status: str, since: float, timeout: float) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        for alert in notifications(host, since):
+            labels = alert.get("labels", {})
+            if labels.get("alertname") == name and labels.get("instance") == instance and alert["status"] == status:
+                return alert
+        if time.monotonic() > deadline:
+            got = [
+                (a["labels"].get("alertname"), a["labels"].get("instance"), a["status"])
+                for a in notifications(host, since)
+            ]
+            raise AssertionError(f"no {status} {name} for {instance} within {timeout:.0f}s; received since: {got}")
+        time.sleep(5)
+
+
+def host_clock(host: Any) -> float:
+    return float(host.check_output("date +%s.%N"))
+
+
+def check_postgresql_down_is_delivered(monitor: Any, db: Any, db_name: str) -> None:
+    """Stop PostgreSQL on `db`; the receiver on `monitor` gets PostgreSQLDown firing, then resolved."""
+    try:
+        since = host_clock(monitor)
+        db.check_output(f"systemctl stop {POSTGRESQL_UNIT}")
+        started = time.monotonic()
+        firing = wait_for_alert(monitor, "PostgreSQLDown", db_name, "firing", since, timeout=180)
+        fired_after = time.monotonic() - started
+        assert firing["labels"]["severity"] == "critical"
+        assert firing["annotations"].get("summary") and firing["annotations"].get("runbook")
+        assert fired_after < 180, f"PostgreSQLDown reached the receiver after {fired_after:.0f}s"
+    finally:
+        db.run(f"systemctl start {POSTGRESQL_UNIT}")
+        db.run("for i in $(seq 30); do pg_isready -q && break; sleep 1; done")
+    assert db.service(POSTGRESQL_UNIT).is_running
+    since = host_clock(monitor)
+    wait_for_alert(monitor, "PostgreSQLDown", db_name, "resolved", since, timeout=180)
+
+
+def test_every_scrape_target_is_up(host_of: Callable[[str], Any]) -> None:
+    expected = {("node", name) for name in HOSTS} | {
+        ("postgres", DB),
+        ("prometheus", MONITOR),
+        ("alertmanager", MONITOR),
+    }
+    found = wait_targets_up(host_of(MONITOR), expected)
+    down = [f"{t['labels']['job']}/{t['labels']['instance']}: {t['lastError']}" for t in found if t["health"] != "up"]
+    assert not down, f"targets down: {down}"
+
+
+def test_alert_rules_are_loaded(host_of: Callable[[str], Any]) -> None:
+    data = get_json(host_of(MONITOR), f"{PROMETHEUS}/api/v1/rules")
+    names = {rule["name"] for group in data["data"]["groups"] for rule in group["rules"]}
+    assert {"HostDown", "PostgreSQLDown", "FilesystemAlmostFull", "SystemdUnitFailed"} <= names, names
+
+
+def test_prometheus_and_alertmanager_listen_on_loopback_only(host_of: Callable[[str], Any]) -> None:
+    monitor = host_of(MONITOR)
+    for port in (9090, 9093, 9095):
+        assert monitor.socket(f"tcp://127.0.0.1:{port}").is_listening, f"nothing on 127.0.0.1:{port}"
+        assert not monitor.socket(f"tcp://0.0.0.0:{port}").is_listening, f"port {port} listens on every address"
+    assert monitor.service("prometheus.service").is_running
+    assert monitor.service("prometheus-alertmanager.service").is_running
+    assert monitor.service("sciplat-alert-receiver.service").is_running
+
+
+def test_exporters_answer_the_monitor_host_only(host_of: Callable[[str], Any]) -> None:
+    data = address_of(DB)
+    assert tcp_from_host(host_of(MONITOR), data, 9100) == "open"
+    assert tcp_from_host(host_of(MONITOR), data, 9187) == "open"
+    assert tcp_from_host(host_of("c1"), data, 9100) == "dropped"
+    assert tcp_from_host(host_of("c1"), data, 9187) == "dropped"
+
+
+def test_certificate_expiry_metric(host_of: Callable[[str], Any]) -> None:
+    data = get_json(
+        host_of(MONITOR),
+        f"{PROMETHEUS}/api/v1/query --data-urlencode 'query=sciplat_tls_cert_expiry_timestamp_seconds'",
+    )
+    instances = {r["metric"]["instance"] for r in data["data"]["result"]}
+    assert set(HOSTS) <= instances, f"certificate expiry metric only from {sorted(instances)}"
+    for result in data["data"]["result"]:
+        assert float(result["value"][1]) > time.time(), f"expired: {result['metric']}"
+
+
+@pytest.mark.destructive
+def test_postgresql_down_alert_is_delivered(host_of: Callable[[str], Any]) -> None:
+    wait_targets_up(host_of(MONITOR), {("postgres", DB)})
+    check_postgresql_down_is_delivered(host_of(MONITOR), host_of(DB), DB)
