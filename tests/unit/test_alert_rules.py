@@ -7,6 +7,7 @@ prometheus-alertmanager (scripts/install-system-deps.sh installs them).
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -116,7 +117,7 @@ def test_amtool_accepts_a_rendered_alertmanager_config(tmp_path: Path) -> None:
     """The template's output for email + webhook routes and the test receiver passes amtool."""
     jinja2 = pytest.importorskip("jinja2")
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(REPO / "roles" / "monitor" / "templates"))
-    env.filters["to_json"] = __import__("json").dumps
+    env.filters["to_json"] = json.dumps
     text = env.get_template("alertmanager.yml.j2").render(
         ansible_managed="test",
         monitor_alert_routes=[
@@ -144,3 +145,45 @@ def test_amtool_accepts_a_rendered_alertmanager_config(tmp_path: Path) -> None:
     assert routes[0]["matchers"] == ['severity="critical"']
     assert "matchers" not in routes[1]
     assert routes[2]["receiver"] == "test-receiver"
+
+
+def _template(name: str) -> object:
+    jinja2 = pytest.importorskip("jinja2")
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(REPO / "roles" / "monitor" / "templates"))
+    env.filters["to_json"] = json.dumps
+    return env.get_template(name)
+
+
+@needs_promtool
+def test_promtool_accepts_a_rendered_prometheus_config(tmp_path: Path) -> None:
+    """Scrape targets come from the inventory: every host for node, db hosts for postgres."""
+    hostvars = {
+        "gw": {"ansible_host": "10.0.0.10"},
+        "data": {"ansible_host": "10.0.0.11", "monitor_scrape_address": "data.internal"},
+        "c1": {},
+    }
+    text = _template("prometheus.yml.j2").render(  # type: ignore[attr-defined]
+        ansible_managed="test",
+        inventory_hostname="gw",
+        hostvars=hostvars,
+        groups={"all": ["gw", "data", "c1"], "db": ["data"], "monitor": ["gw"]},
+        monitor_scrape_interval="15s",
+        monitor_evaluation_interval="15s",
+        monitor_prometheus_listen_address="127.0.0.1",
+        monitor_prometheus_port=9090,
+        monitor_alertmanager_listen_address="127.0.0.1",
+        monitor_alertmanager_port=9093,
+        monitor_node_exporter_port=9100,
+        monitor_postgres_exporter_port=9187,
+        monitor_postgres_exporter_enabled=True,
+        __monitor_rules_dir=str(tmp_path / "rules"),
+    )
+    config = tmp_path / "prometheus.yml"
+    config.write_text(text)
+    done = run(str(PROMTOOL), "check", "config", str(config))
+    assert done.returncode == 0, text + done.stdout + done.stderr
+    jobs = {job["job_name"]: job for job in yaml.safe_load(text)["scrape_configs"]}
+    node = {sc["labels"]["instance"]: sc["targets"] for sc in jobs["node"]["static_configs"]}
+    assert node == {"c1": ["c1:9100"], "data": ["data.internal:9100"], "gw": ["10.0.0.10:9100"]}
+    assert jobs["postgres"]["static_configs"] == [{"targets": ["data.internal:9187"], "labels": {"instance": "data"}}]
+    assert {"prometheus", "alertmanager"} <= set(jobs)
