@@ -39,6 +39,10 @@ def role_vars(spec: PlatformSpec, inventory_dir: Path) -> dict[str, Any]:
         # postgresql
         "postgresql_version": spec.databases.postgresql_version,
         "postgresql_max_connections": spec.databases.max_connections,
+        # monitoring
+        "monitor_retention": f"{spec.monitoring.retention}s",
+        "monitor_alert_routes": [route.model_dump() for route in spec.monitoring.alert_routes],
+        "monitor_alert_email_from": f"alertmanager@{platform.domain}",
     }
     if tls.mode == "provided" and tls.provided is not None:
         provided = tls.provided

@@ -58,6 +58,34 @@ SERVICES: list[Service] = [
         5432,
         probe="runuser -u postgres -- psql -XAtqc 'select 1' >/dev/null",
     ),
+    Service(
+        "node_exporter",
+        "all",
+        "prometheus-node-exporter.service",
+        9100,
+        probe="curl -fsS -o /dev/null --max-time 5 http://localhost:9100/metrics",
+    ),
+    Service(
+        "prometheus",
+        "monitor",
+        "prometheus.service",
+        9090,
+        probe="curl -fsS -o /dev/null --max-time 5 http://127.0.0.1:9090/-/ready",
+    ),
+    Service(
+        "alertmanager",
+        "monitor",
+        "prometheus-alertmanager.service",
+        9093,
+        probe="curl -fsS -o /dev/null --max-time 5 http://127.0.0.1:9093/-/ready",
+    ),
+    Service(
+        "postgres_exporter",
+        "db",
+        "prometheus-postgres-exporter.service",
+        9187,
+        probe="curl -fsS --max-time 5 http://localhost:9187/metrics | grep -q '^pg_up 1'",
+    ),
 ]
 
 # Runs on each host with python3 (which Ansible needs anyway); prints one JSON document.

@@ -39,9 +39,9 @@ def test_status_json_lists_every_host_and_service_healthy(deployed: dict[str, An
     assert report["healthy"] and report["url"] == "https://127.0.0.1:8443"
     assert report["endpoint"]["healthy"]
     services = {host: {s["name"] for s in rep["services"]} for host, rep in report["hosts"].items()}
-    assert services["gw"] >= {"sshd", "firewall", "gateway"}
-    assert services["data"] >= {"sshd", "firewall", "postgresql"}
-    assert services["c1"] == services["c2"] == {"sshd", "firewall"}
+    assert services["gw"] >= {"sshd", "firewall", "node_exporter", "gateway", "prometheus", "alertmanager"}
+    assert services["data"] >= {"sshd", "firewall", "node_exporter", "postgresql", "postgres_exporter"}
+    assert services["c1"] == services["c2"] == {"sshd", "firewall", "node_exporter"}
 
 
 def test_secrets_show_prints_one_secret(deployed: dict[str, Any], secret: Callable[[str], Any]) -> None:
@@ -62,7 +62,7 @@ def test_status_reports_a_stopped_postgresql(deployed: dict[str, Any], host_of: 
         (pg,) = [s for s in report["hosts"]["data"]["services"] if s["name"] == "postgresql"]
         assert not pg["healthy"] and pg["state"] == "inactive"
         others = [s for h, r in report["hosts"].items() for s in r["services"] if h != "data"]
-        assert all(s["healthy"] for s in others), "only PostgreSQL should be reported"
+        assert all(s["healthy"] for s in others), "only PostgreSQL (and its exporter) should be reported"
     finally:
         data.run("systemctl start postgresql@15-main.service")
     assert sciplat("status", "-i", str(INVENTORY), check=False).returncode == 0
