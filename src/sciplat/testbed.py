@@ -1332,7 +1332,15 @@ def _wait_host(spec: TestbedSpec, name: str, public_key: str) -> tuple[str, list
     """Wait until systemd has booted and sshd listens; install the key. (state, failed units)"""
     container = spec.container(name)
     _install_key(container, public_key)
-    state = _systemd_state(container, wait=BOOT_TIMEOUT)
+    deadline = time.monotonic() + BOOT_TIMEOUT
+    state = "unknown"
+    while time.monotonic() < deadline:
+        # Right after start, systemctl may not reach systemd yet ("Failed to connect to
+        # bus"): it prints nothing and --wait returns at once. Ask again until it answers.
+        state = _systemd_state(container, wait=max(1.0, deadline - time.monotonic()))
+        if state not in ("unknown", "offline"):
+            break
+        time.sleep(0.5)
     failed: list[str] = []
     if state not in ("running", "degraded"):
         failed = _failed_units(container)
