@@ -108,9 +108,24 @@ def up(
     check: Annotated[bool, typer.Option("--check", help="Dry run: show what would change (diffs).")] = False,
     tags: Annotated[list[str] | None, typer.Option("--tags", "-t", help="Only these roles/tags.")] = None,
     limit: Annotated[str | None, typer.Option("--limit", "-l", help="Only these hosts (Ansible pattern).")] = None,
+    extra_vars: Annotated[
+        str | None,
+        typer.Option("--extra-vars", "-e", help="Role variables as a JSON object, for this run only (debugging)."),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Validate, render and deploy the platform (playbooks/site.yml)."""
+    overrides: dict[str, Any] | None = None
+    if extra_vars:
+        try:
+            overrides = json.loads(extra_vars)
+        except json.JSONDecodeError as exc:
+            overrides, reason = None, str(exc)
+        else:
+            reason = "it is not a JSON object"
+        if not isinstance(overrides, dict):
+            err.print(f"[red]--extra-vars {extra_vars!r}: {reason}[/]; write e.g. '{{\"gateway_hsts_max_age\": 600}}'")
+            raise typer.Exit(EXIT_INVALID)
     spec = _validated(inventory)
     _, password = _prepare(inventory, spec)
     repo = repo_root()
@@ -124,6 +139,7 @@ def up(
             check=check,
             tags=[t for tag in tags or [] for t in tag.split(",") if t],
             limit=limit,
+            extra_vars=overrides,
         )
         result = runner_mod.run_playbook(
             command,

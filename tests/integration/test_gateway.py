@@ -8,10 +8,7 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import ssl
-import subprocess
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,10 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
-from sciplat import runner as runner_mod
-from sciplat import secrets as secrets_mod
-from tests.conftest import REPO
-from tests.integration.conftest import INVENTORY, PUBLIC_URL
+from tests.integration.conftest import INVENTORY, PUBLIC_URL, sciplat
 
 PLATFORM = yaml.safe_load((INVENTORY / "platform.yaml").read_text())["platform"]
 
@@ -151,23 +145,9 @@ def test_http_redirects_to_https_except_acme_challenges(
 
 
 def run_gateway_play(extra_vars: dict[str, Any] | None = None) -> None:
-    """Run the site playbook's gateway play on gw, as `sciplat up --tags gateway` does."""
-    password, _ = secrets_mod.password_source(PLATFORM["name"])
-    with runner_mod.vault_password_file(password) as pass_file:
-        command = runner_mod.build_command(
-            REPO,
-            INVENTORY.resolve(),
-            "site.yml",
-            vault_file=(INVENTORY / secrets_mod.VAULT_FILE).resolve(),
-            vault_password_path=pass_file,
-            tags=["gateway"],
-            limit="gw",
-            extra_vars=extra_vars,
-        )
-        env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"))
-        env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
-        done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=900, check=False)
-    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+    """`sciplat up --tags gateway --limit gw`, optionally with role variables for this run."""
+    args = ["up", "-i", str(INVENTORY), "--tags", "gateway", "--limit", "gw"]
+    sciplat(*args, *(["--extra-vars", json.dumps(extra_vars)] if extra_vars else []))
 
 
 def test_a_config_change_reloads_nginx_without_restarting_it(

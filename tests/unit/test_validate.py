@@ -238,3 +238,12 @@ def test_shipped_inventories_specs_are_valid() -> None:
         result = validate_inventory_dir(REPO / "inventories" / name)
         spec_errors = [p for p in result.errors if p.file == "platform.yaml"]
         assert not spec_errors, (name, [str(p) for p in spec_errors])
+
+
+@pytest.mark.parametrize("bad", ["not json", "[1, 2]"])
+def test_up_refuses_extra_vars_that_are_not_a_json_object(tmp_path: Path, bad: str) -> None:
+    inventory = make_inventory(tmp_path)
+    result = CliRunner().invoke(app, ["up", "-i", str(inventory), "--extra-vars", bad])
+    assert result.exit_code == 2
+    assert "--extra-vars" in result.output
+    assert not (inventory / "logs").exists()
