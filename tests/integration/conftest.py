@@ -16,14 +16,19 @@ from typing import Any
 
 import pytest
 import testinfra
+import yaml
 
 from sciplat import secrets as secrets_mod
 from tests.conftest import REPO, SCIPLAT
 
-INVENTORY = REPO / "inventories" / "local"
+# SCIPLAT_TEST_INVENTORY points the tests at another test bed laid out like
+# inventories/local (same host names), e.g. a developer's own copy of it.
+INVENTORY = Path(os.environ.get("SCIPLAT_TEST_INVENTORY", REPO / "inventories" / "local")).resolve()
 SSH_CONFIG = INVENTORY / ".sciplat" / "ssh_config"
 CA_CERT = INVENTORY / "pki" / "ca.crt"
-PUBLIC_URL = "https://127.0.0.1:8443"
+_PLATFORM = yaml.safe_load((INVENTORY / "platform.yaml").read_text())["platform"]
+PLATFORM_NAME: str = _PLATFORM["name"]
+PUBLIC_URL: str = _PLATFORM.get("public_url") or "https://127.0.0.1:8443"
 
 
 def sciplat(*args: str, check: bool = True, timeout: int = 1800) -> subprocess.CompletedProcess[str]:
@@ -68,7 +73,7 @@ def host_of(deployed: dict[str, Any]) -> Callable[[str], Any]:
 @pytest.fixture(scope="session")
 def secret(deployed: dict[str, Any]) -> Callable[[str], Any]:
     """Read a secret from the test bed's vault."""
-    password, _ = secrets_mod.password_source("sciplat-local")
+    password, _ = secrets_mod.password_source(PLATFORM_NAME)
     data = secrets_mod.read_vault(INVENTORY / secrets_mod.VAULT_FILE, password)
     return lambda name: data[name]
 

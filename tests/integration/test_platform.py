@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.conftest import INVENTORY, sciplat
+from tests.integration.conftest import INVENTORY, PUBLIC_URL, sciplat
 
 VAULT = INVENTORY / "secrets.vault.yml"
 
@@ -36,7 +36,7 @@ def test_status_json_lists_every_host_and_service_healthy(deployed: dict[str, An
     done = sciplat("status", "-i", str(INVENTORY), "--json", check=False)
     report = json.loads(done.stdout)
     assert done.returncode == 0, json.dumps(report, indent=2)
-    assert report["healthy"] and report["url"] == "https://127.0.0.1:8443"
+    assert report["healthy"] and report["url"] == PUBLIC_URL
     assert report["endpoint"]["healthy"]
     services = {host: {s["name"] for s in rep["services"]} for host, rep in report["hosts"].items()}
     assert services["gw"] >= {"sshd", "firewall", "node_exporter", "gateway", "prometheus", "alertmanager"}
