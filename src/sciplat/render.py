@@ -39,7 +39,9 @@ def role_vars(spec: PlatformSpec, inventory_dir: Path) -> dict[str, Any]:
         # postgresql
         "postgresql_version": spec.databases.postgresql_version,
         "postgresql_max_connections": spec.databases.max_connections,
-        # monitoring
+        # monitoring (monitoring.enabled: false stops Prometheus, Alertmanager and every exporter)
+        "monitor_enabled": spec.monitoring.enabled,
+        "node_exporter_enabled": spec.monitoring.enabled,
         "monitor_retention": f"{spec.monitoring.retention}s",
         "monitor_alert_routes": [route.model_dump() for route in spec.monitoring.alert_routes],
         "monitor_alert_email_from": f"alertmanager@{platform.domain}",

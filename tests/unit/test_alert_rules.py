@@ -7,10 +7,12 @@ prometheus-alertmanager (scripts/install-system-deps.sh installs them).
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -154,36 +156,86 @@ def _template(name: str) -> object:
     return env.get_template(name)
 
 
+def _monitor_filters() -> Any:
+    spec = importlib.util.spec_from_file_location(
+        "sciplat_monitor", REPO / "roles" / "monitor" / "filter_plugins" / "sciplat_monitor.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+DECLARED_TARGETS = [
+    {"job": "node", "group": "all", "port": 9100},
+    {"job": "postgres", "group": "db", "port": "9187"},
+    {"job": "hub", "group": "hub", "port": 8081, "path": "/hub/metrics", "bearer_token": "s3cret"},
+    {"job": "ceph", "group": "storage", "port": 9283, "scheme": "https"},
+    {"job": "slurm", "group": "slurm_controller", "port": 9341},
+]
+
+
 @needs_promtool
 def test_promtool_accepts_a_rendered_prometheus_config(tmp_path: Path) -> None:
-    """Scrape targets come from the inventory: every host for node, db hosts for postgres."""
+    """One job per declared target, one target per host of its group; empty groups give no job."""
     hostvars = {
         "gw": {"ansible_host": "10.0.0.10"},
         "data": {"ansible_host": "10.0.0.11", "monitor_scrape_address": "data.internal"},
         "c1": {},
     }
+    groups = {"all": ["gw", "data", "c1"], "db": ["data"], "monitor": ["gw"], "hub": ["gw"], "storage": ["data"]}
+    filters = _monitor_filters()
+    assert filters.target_errors(DECLARED_TARGETS, groups) == []
     text = _template("prometheus.yml.j2").render(  # type: ignore[attr-defined]
         ansible_managed="test",
         inventory_hostname="gw",
         hostvars=hostvars,
-        groups={"all": ["gw", "data", "c1"], "db": ["data"], "monitor": ["gw"]},
+        groups=groups,
         monitor_scrape_interval="15s",
         monitor_evaluation_interval="15s",
         monitor_prometheus_listen_address="127.0.0.1",
         monitor_prometheus_port=9090,
         monitor_alertmanager_listen_address="127.0.0.1",
         monitor_alertmanager_port=9093,
-        monitor_node_exporter_port=9100,
-        monitor_postgres_exporter_port=9187,
-        monitor_postgres_exporter_enabled=True,
+        monitor_scrape_ca_file=str(tmp_path / "ca.crt"),
+        __monitor_targets=filters.targets(DECLARED_TARGETS),
         __monitor_rules_dir=str(tmp_path / "rules"),
+        __monitor_token_dir=str(tmp_path / "tokens"),
     )
+    (tmp_path / "ca.crt").write_text("")
+    (tmp_path / "tokens").mkdir()
+    (tmp_path / "tokens" / "hub").write_text("s3cret\n")
     config = tmp_path / "prometheus.yml"
     config.write_text(text)
     done = run(str(PROMTOOL), "check", "config", str(config))
     assert done.returncode == 0, text + done.stdout + done.stderr
+    assert "s3cret" not in text, "the bearer token belongs in its file, not in prometheus.yml"
     jobs = {job["job_name"]: job for job in yaml.safe_load(text)["scrape_configs"]}
+    assert set(jobs) == {"prometheus", "alertmanager", "node", "postgres", "hub", "ceph"}, "slurm_controller is empty"
     node = {sc["labels"]["instance"]: sc["targets"] for sc in jobs["node"]["static_configs"]}
     assert node == {"c1": ["c1:9100"], "data": ["data.internal:9100"], "gw": ["10.0.0.10:9100"]}
     assert jobs["postgres"]["static_configs"] == [{"targets": ["data.internal:9187"], "labels": {"instance": "data"}}]
-    assert {"prometheus", "alertmanager"} <= set(jobs)
+    assert jobs["postgres"]["metrics_path"] == "/metrics" and jobs["postgres"]["scheme"] == "http"
+    assert jobs["hub"]["metrics_path"] == "/hub/metrics"
+    assert jobs["hub"]["authorization"] == {"type": "Bearer", "credentials_file": str(tmp_path / "tokens" / "hub")}
+    assert "authorization" not in jobs["node"]
+    assert jobs["ceph"]["scheme"] == "https" and jobs["ceph"]["tls_config"]["ca_file"] == str(tmp_path / "ca.crt")
+
+
+@pytest.mark.parametrize(
+    ("items", "expected"),
+    [
+        ([{"job": "node", "group": "all", "port": 9100}, {"job": "node", "group": "db", "port": 1}], "declared twice"),
+        ([{"job": "prometheus", "group": "all", "port": 9100}], "the monitor role's own"),
+        ([{"job": "Bad-Name", "group": "all", "port": 9100}], "job must be"),
+        ([{"job": "x", "group": "all", "port": 70000}], "port must be"),
+        ([{"job": "x", "group": "all", "port": 1, "scheme": "ftp"}], "scheme must be"),
+        ([{"job": "x", "group": "all", "port": 1, "path": "metrics"}], "path must be"),
+        ([{"job": "x", "group": "all", "port": 1, "token": "t"}], "unknown keys"),
+        ([{"job": "x", "port": 1}], "group must"),
+        ("node", "must be a list"),
+    ],
+)
+def test_bad_target_declarations_are_explained(items: Any, expected: str) -> None:
+    errors = _monitor_filters().target_errors(items, {"all": ["gw"]})
+    assert any(expected in e for e in errors), errors
