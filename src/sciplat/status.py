@@ -34,6 +34,17 @@ class Service:
     unit: str
     port: int | None = None
     probe: str | None = None  # shell command on the host; exit 0 = healthy
+    # host variables that turn the service off when false (e.g. monitoring.enabled: false)
+    enabled_by: tuple[str, ...] = ()
+
+
+def service_enabled(service: Service, hostvars: dict[str, Any]) -> bool:
+    """False when one of the service's `enabled_by` host variables is false ("false", "no", "0" too)."""
+    for name in service.enabled_by:
+        value = hostvars.get(name, True)
+        if value is False or (isinstance(value, str) and value.strip().lower() in ("false", "no", "0", "off")):
+            return False
+    return True
 
 
 SERVICES: list[Service] = [
@@ -64,6 +75,7 @@ SERVICES: list[Service] = [
         "prometheus-node-exporter.service",
         9100,
         probe="curl -fsS -o /dev/null --max-time 5 http://localhost:9100/metrics",
+        enabled_by=("node_exporter_enabled",),
     ),
     Service(
         "prometheus",
@@ -71,6 +83,7 @@ SERVICES: list[Service] = [
         "prometheus.service",
         9090,
         probe="curl -fsS -o /dev/null --max-time 5 http://127.0.0.1:9090/-/ready",
+        enabled_by=("monitor_enabled",),
     ),
     Service(
         "alertmanager",
@@ -78,6 +91,7 @@ SERVICES: list[Service] = [
         "prometheus-alertmanager.service",
         9093,
         probe="curl -fsS -o /dev/null --max-time 5 http://127.0.0.1:9093/-/ready",
+        enabled_by=("monitor_enabled",),
     ),
     Service(
         "postgres_exporter",
@@ -85,6 +99,15 @@ SERVICES: list[Service] = [
         "prometheus-postgres-exporter.service",
         9187,
         probe="curl -fsS --max-time 5 http://localhost:9187/metrics | grep -q '^pg_up 1'",
+        enabled_by=("monitor_enabled", "monitor_postgres_exporter_enabled"),
+    ),
+    Service(
+        "nginx_exporter",
+        "gateway",
+        "prometheus-nginx-exporter.service",
+        9113,
+        probe="curl -fsS --max-time 5 http://localhost:9113/metrics | grep -q '^nginx_up 1'",
+        enabled_by=("monitor_enabled", "monitor_nginx_exporter_enabled"),
     ),
 ]
 
@@ -200,7 +223,10 @@ def probe_url(url: str, ca_cert: Path | None) -> dict[str, Any]:
 def collect(inventory_dir: Path, public_url: str, platform_name: str) -> dict[str, Any]:
     groups, hostvars = inventory_hostvars(inventory_dir)
     ca_cert = inventory_dir / "pki" / "ca.crt"
-    plan = {host: [s for s in SERVICES if host in groups.get(s.group, [])] for host in sorted(hostvars)}
+    plan = {
+        host: [s for s in SERVICES if host in groups.get(s.group, []) and service_enabled(s, hostvars[host])]
+        for host in sorted(hostvars)
+    }
     with ThreadPoolExecutor(max_workers=16) as pool:
         futures = {host: pool.submit(check_host, host, hostvars[host], svcs) for host, svcs in plan.items()}
         hosts = {host: future.result() for host, future in futures.items()}
