@@ -1,8 +1,11 @@
 """Monitoring on the deployed test bed: every scrape target is up, the exporters
-are reachable from the monitor host only, and stopping PostgreSQL delivers a
-PostgreSQLDown alert to the test receiver, then its resolution.
+are reachable from the monitor host only, stopping PostgreSQL delivers a
+PostgreSQLDown alert to the test receiver, then its resolution, and
+monitoring.enabled: false stops every exporter.
 
-Test bed: gw = monitor (Prometheus, Alertmanager, the test receiver), data = db.
+Test bed: gw = monitor and gateway (Prometheus, Alertmanager, the test
+receiver, the nginx exporter), data = db. The hosts and groups come from the
+bed's hosts.yml, so a smaller bed (gw and data only) works too.
 """
 
 from __future__ import annotations
@@ -13,12 +16,39 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+import yaml
 
+from tests.conftest import REPO
+from tests.integration.conftest import INVENTORY, sciplat
 from tests.integration.test_common import address_of, tcp_from_host
 
 MONITOR = "gw"
 DB = "data"
-HOSTS = ["gw", "data", "c1", "c2"]
+GATEWAY = "gw"
+
+
+def inventory_groups() -> dict[str, list[str]]:
+    """Host groups of the bed (hosts.yml): every child group and `all`."""
+    inventory = yaml.safe_load((INVENTORY / "hosts.yml").read_text())["all"]
+    groups = {name: sorted((body or {}).get("hosts") or {}) for name, body in (inventory.get("children") or {}).items()}
+    groups["all"] = sorted(inventory.get("hosts") or {})
+    return groups
+
+
+HOSTS = inventory_groups()["all"]
+
+
+def expected_targets() -> set[tuple[str, str]]:
+    """(job, instance) of every target the bed's Prometheus must scrape."""
+    groups = inventory_groups()
+    expected = {("node", name) for name in groups["all"]}
+    expected |= {("postgres", name) for name in groups.get("db", [])}
+    expected |= {("nginx", name) for name in groups.get("gateway", [])}
+    expected |= {("prometheus", name) for name in groups.get("monitor", [])}
+    expected |= {("alertmanager", name) for name in groups.get("monitor", [])}
+    if (REPO / "roles" / "hub" / "tasks" / "main.yml").is_file():
+        expected |= {("hub", name) for name in groups.get("hub", [])}
+    return expected
 PROMETHEUS = "http://127.0.0.1:9090"
 RECEIVER = "http://127.0.0.1:9095/"
 POSTGRESQL_UNIT = "postgresql@15-main.service"
@@ -106,12 +136,10 @@ def check_postgresql_down_is_delivered(monitor: Any, db: Any, db_name: str) -> N
 
 
 def test_every_scrape_target_is_up(host_of: Callable[[str], Any]) -> None:
-    expected = {("node", name) for name in HOSTS} | {
-        ("postgres", DB),
-        ("prometheus", MONITOR),
-        ("alertmanager", MONITOR),
-    }
+    expected = expected_targets()
     found = wait_targets_up(host_of(MONITOR), expected)
+    scraped = {(t["labels"]["job"], t["labels"]["instance"]) for t in found}
+    assert scraped == expected, f"unexpected targets: {sorted(scraped - expected)}"
     down = [f"{t['labels']['job']}/{t['labels']['instance']}: {t['lastError']}" for t in found if t["health"] != "up"]
     assert not down, f"targets down: {down}"
 
@@ -133,11 +161,29 @@ def test_prometheus_and_alertmanager_listen_on_loopback_only(host_of: Callable[[
 
 
 def test_exporters_answer_the_monitor_host_only(host_of: Callable[[str], Any]) -> None:
-    data = address_of(DB)
+    data, gateway = address_of(DB), address_of(GATEWAY)
     assert tcp_from_host(host_of(MONITOR), data, 9100) == "open"
     assert tcp_from_host(host_of(MONITOR), data, 9187) == "open"
-    assert tcp_from_host(host_of("c1"), data, 9100) == "dropped"
-    assert tcp_from_host(host_of("c1"), data, 9187) == "dropped"
+    outsider = "c1" if "c1" in HOSTS else DB  # a host that is not the monitor host
+    if outsider != DB:
+        assert tcp_from_host(host_of(outsider), data, 9100) == "dropped"
+        assert tcp_from_host(host_of(outsider), data, 9187) == "dropped"
+    assert tcp_from_host(host_of(outsider), gateway, 9100) == "dropped"
+    assert tcp_from_host(host_of(outsider), gateway, 9113) == "dropped"
+
+
+def test_nginx_stub_status_is_on_loopback_only(host_of: Callable[[str], Any]) -> None:
+    gateway = host_of(GATEWAY)
+    assert gateway.socket("tcp://127.0.0.1:8089").is_listening
+    assert not gateway.socket("tcp://0.0.0.0:8089").is_listening
+    page = gateway.check_output("curl -fsS --max-time 5 http://127.0.0.1:8089/stub_status")
+    assert page.startswith("Active connections:"), page
+    # the exporter turns it into metrics, and nginx counts the requests users make
+    data = get_json(
+        host_of(MONITOR), f"{PROMETHEUS}/api/v1/query --data-urlencode 'query=nginx_up{{job=\"nginx\"}}'"
+    )
+    values = {r["metric"]["instance"]: r["value"][1] for r in data["data"]["result"]}
+    assert values.get(GATEWAY) == "1", values
 
 
 def test_certificate_expiry_metric(host_of: Callable[[str], Any]) -> None:
@@ -149,6 +195,63 @@ def test_certificate_expiry_metric(host_of: Callable[[str], Any]) -> None:
     assert set(HOSTS) <= instances, f"certificate expiry metric only from {sorted(instances)}"
     for result in data["data"]["result"]:
         assert float(result["value"][1]) > time.time(), f"expired: {result['metric']}"
+
+
+def test_new_alert_rules_are_loaded(host_of: Callable[[str], Any]) -> None:
+    data = get_json(host_of(MONITOR), f"{PROMETHEUS}/api/v1/rules")
+    names = {rule["name"] for group in data["data"]["groups"] for rule in group["rules"]}
+    expected = {
+        "GatewayDown",
+        "CephHealthError",
+        "SlurmNodeDown",
+        "SlurmNodeDrainedTooLong",
+        "HubSpawnFailures",
+        "HubSpawnSlow",
+        "BackupTooOld",
+        "SyntheticUserStepFailing",
+        "TLSCertificateExpiringSoon",
+    }
+    assert expected <= names, sorted(expected - names)
+
+
+def test_component_alerts_stay_quiet_on_a_healthy_bed(host_of: Callable[[str], Any]) -> None:
+    """Rules for components the bed does not run, or runs healthily, are neither pending nor firing."""
+    data = get_json(host_of(MONITOR), f"{PROMETHEUS}/api/v1/rules?type=alert")
+    groups = {"sciplat-ceph", "sciplat-slurm", "sciplat-hub", "sciplat-backup", "sciplat-probe", "sciplat-nginx"}
+    loaded = {group["name"] for group in data["data"]["groups"]}
+    assert groups <= loaded, sorted(groups - loaded)
+    active = [
+        (rule["name"], alert["labels"].get("instance"), alert["state"])
+        for group in data["data"]["groups"]
+        if group["name"] in groups
+        for rule in group["rules"]
+        for alert in rule.get("alerts", [])
+    ]
+    assert not active, active
+
+
+@pytest.mark.destructive
+def test_monitoring_disabled_stops_every_exporter(host_of: Callable[[str], Any]) -> None:
+    """monitoring.enabled: false (rendered as these two variables) stops and disables them; on again starts them."""
+    units = {
+        MONITOR: ["prometheus", "prometheus-alertmanager", "prometheus-node-exporter"],
+        DB: ["prometheus-postgres-exporter", "prometheus-node-exporter"],
+        GATEWAY: ["prometheus-nginx-exporter"],
+    }
+    off = json.dumps({"monitor_enabled": False, "node_exporter_enabled": False})
+    try:
+        sciplat("up", "-i", str(INVENTORY), "--tags", "monitoring", "--extra-vars", off)
+        for name, services in units.items():
+            for unit in services:
+                service = host_of(name).service(unit)
+                assert not service.is_running and not service.is_enabled, f"{unit} on {name} still on"
+    finally:
+        sciplat("up", "-i", str(INVENTORY), "--tags", "monitoring")
+    for name, services in units.items():
+        for unit in services:
+            service = host_of(name).service(unit)
+            assert service.is_running and service.is_enabled, f"{unit} on {name} not back"
+    wait_targets_up(host_of(MONITOR), expected_targets())
 
 
 @pytest.mark.destructive
