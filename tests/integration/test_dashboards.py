@@ -41,9 +41,7 @@ def deployed_components() -> set[str]:
 
 def query(host: Any, expr: str) -> dict[str, Any]:
     """Run an instant query on the bed's Prometheus; return its JSON answer (errors included)."""
-    command = (
-        f"curl -sS --max-time 20 {PROMETHEUS}/api/v1/query --data-urlencode {shlex.quote('query=' + expr)}"
-    )
+    command = f"curl -sS --max-time 20 {PROMETHEUS}/api/v1/query --data-urlencode {shlex.quote('query=' + expr)}"
     answer: dict[str, Any] = json.loads(host.check_output(command))
     return answer
 

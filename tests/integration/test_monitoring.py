@@ -49,6 +49,8 @@ def expected_targets() -> set[tuple[str, str]]:
     if (REPO / "roles" / "hub" / "tasks" / "main.yml").is_file():
         expected |= {("hub", name) for name in groups.get("hub", [])}
     return expected
+
+
 PROMETHEUS = "http://127.0.0.1:9090"
 RECEIVER = "http://127.0.0.1:9095/"
 POSTGRESQL_UNIT = "postgresql@15-main.service"
@@ -179,9 +181,7 @@ def test_nginx_stub_status_is_on_loopback_only(host_of: Callable[[str], Any]) ->
     page = gateway.check_output("curl -fsS --max-time 5 http://127.0.0.1:8089/stub_status")
     assert page.startswith("Active connections:"), page
     # the exporter turns it into metrics, and nginx counts the requests users make
-    data = get_json(
-        host_of(MONITOR), f"{PROMETHEUS}/api/v1/query --data-urlencode 'query=nginx_up{{job=\"nginx\"}}'"
-    )
+    data = get_json(host_of(MONITOR), f"{PROMETHEUS}/api/v1/query --data-urlencode 'query=nginx_up{{job=\"nginx\"}}'")
     values = {r["metric"]["instance"]: r["value"][1] for r in data["data"]["result"]}
     assert values.get(GATEWAY) == "1", values
 
