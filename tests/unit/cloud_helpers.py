@@ -81,7 +81,7 @@ class _Mocks(pulumi.runtime.Mocks):  # type: ignore[misc,name-defined]
         elif typ in ("aws:iam/instanceProfile:InstanceProfile", "aws:iam/role:Role"):
             state |= {"name": args.name, "arn": f"arn:aws:iam::123456789012:role/{args.name}"}
         elif typ == "aws:rds/parameterGroup:ParameterGroup":
-            state["name"] = inputs.get("name", args.name)
+            rid = state["name"] = inputs.get("name", args.name)  # AWS: a parameter group's id is its name
         state.setdefault("arn", f"arn:aws:mock:::{args.name}")
         self.record.resources.append(Resource(type=typ, name=args.name, props=inputs, urn=f"urn:{typ}::{args.name}", id=rid))
         return rid, state

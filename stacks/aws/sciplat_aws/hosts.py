@@ -16,6 +16,15 @@ from sciplat_aws.network import Network
 from sciplat_aws.tags import Component
 
 SSM_POLICY = "arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore"
+#: The component tag of a host: its costs are split like the service it runs.
+HOST_COMPONENT = {
+    "db": "database",
+    "slurm_controller": "compute",
+    "gateway": "gateway",
+    "hub": "hub",
+    "monitor": "monitor",
+    "directory": "hub",
+}
 
 
 @dataclass
@@ -81,7 +90,11 @@ class Hosts(Component):
                 associate_public_ip_address=host.public,
                 metadata_options={"http_tokens": "required", "http_endpoint": "enabled"},
                 root_block_device={"volume_size": host.volume_gib, "volume_type": "gp3", "encrypted": True},
-                tags={"Name": f"{config.platform}-{host.name}", "sciplat-groups": ",".join(host.groups)},
+                tags={
+                    "Name": f"{config.platform}-{host.name}",
+                    "sciplat-groups": ",".join(host.groups),
+                    "component": HOST_COMPONENT[host.groups[0]],
+                },
                 opts=self.child(),
             )
             self.instances[host.name] = instance
