@@ -206,6 +206,14 @@ def check_spec_for_aws(spec: PlatformSpec) -> list[str]:
         )
     if spec.storage.posix != "nfs":
         problems.append(f"storage.posix is {spec.storage.posix!r}; on AWS homes are on EFS: set `storage.posix: nfs`")
+    budgets = spec.cloud.budgets
+    if budgets.platform_monthly_usd is None:
+        problems.append("cloud.budgets.platform_monthly_usd is not set; every platform on AWS has a budget")
+    if not budgets.alert_emails:
+        problems.append("cloud.budgets.alert_emails is empty; budgets must warn someone before the money is gone")
+    for tenant in spec.cloud.tenants:
+        if tenant.budget_monthly_usd is None:
+            problems.append(f"cloud.tenants: {tenant.name!r} has no budget_monthly_usd; every tenant has a budget")
     partitions = {p.name for p in spec.compute.partitions}
     if spec.cloud.compute.spot.enabled:
         for name in spec.cloud.compute.spot.partitions:
