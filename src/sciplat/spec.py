@@ -591,7 +591,7 @@ class BudgetSettings(Section):
 
 
 class Rates(Section):
-    """Prices for the on-prem cost report (use × rate)."""
+    """Prices for the on-prem cost report (use x rate)."""
 
     core_hour_usd: float = Field(default=0.0, ge=0, description="Price of one Slurm core-hour.")
     storage_gib_month_usd: float = Field(default=0.0, ge=0, description="Price of one GiB stored for a month.")

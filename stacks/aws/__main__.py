@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pulumi
 import yaml
+from sciplat_aws.program import build
 
 from sciplat.cloud.config import read_public_key, stack_config
 from sciplat.spec import PlatformSpec
-from sciplat_aws.program import build
 
 config = pulumi.Config("sciplat")
 spec_path = Path(config.require("spec")).expanduser().resolve()

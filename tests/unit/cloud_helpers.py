@@ -83,7 +83,9 @@ class _Mocks(pulumi.runtime.Mocks):  # type: ignore[misc,name-defined]
         elif typ == "aws:rds/parameterGroup:ParameterGroup":
             rid = state["name"] = inputs.get("name", args.name)  # AWS: a parameter group's id is its name
         state.setdefault("arn", f"arn:aws:mock:::{args.name}")
-        self.record.resources.append(Resource(type=typ, name=args.name, props=inputs, urn=f"urn:{typ}::{args.name}", id=rid))
+        self.record.resources.append(
+            Resource(type=typ, name=args.name, props=inputs, urn=f"urn:{typ}::{args.name}", id=rid)
+        )
         return rid, state
 
     def call(self, args: Any) -> dict[str, Any]:

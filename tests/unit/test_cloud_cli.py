@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 import yaml
@@ -32,7 +32,9 @@ def aws_inventory(tmp_path: Path, spec: str = BASE_SPEC) -> Path:
     return tmp_path
 
 
-def test_up_target_aws_without_the_pulumi_cli_says_what_to_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_up_target_aws_without_the_pulumi_cli_says_what_to_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(cloud_cmd.shutil, "which", lambda name: None)
     result = runner.invoke(app, ["up", "--target", "aws", "-i", str(aws_inventory(tmp_path))])
     assert result.exit_code == 1, result.output
@@ -138,7 +140,7 @@ def test_provision_runs_the_stack_then_writes_the_inventory(tmp_path: Path, monk
             self.value = value
 
     class FakeStack:
-        calls: list[str] = []
+        calls: ClassVar[list[str]] = []
 
         def up(self, on_output: Any) -> Any:
             FakeStack.calls.append("up")
@@ -146,9 +148,11 @@ def test_provision_runs_the_stack_then_writes_the_inventory(tmp_path: Path, monk
             return type("R", (), {"outputs": {k: Out(v) for k, v in outputs.items()}})()
 
     monkeypatch.setattr(cloud_cmd, "_stack", lambda inventory, spec: FakeStack())
-    monkeypatch.setattr(inventory_mod, "compute_nodes", lambda pools, region: [
-        inventory_mod.ComputeNode("ondemand", "i-0abc", "10.42.1.5", ("interactive",))
-    ])
+    monkeypatch.setattr(
+        inventory_mod,
+        "compute_nodes",
+        lambda pools, region: [inventory_mod.ComputeNode("ondemand", "i-0abc", "10.42.1.5", ("interactive",))],
+    )
     inv = aws_inventory(tmp_path)
     cloud_cmd.provision(inv, cloud_cmd.console)
     assert FakeStack.calls == ["up"]

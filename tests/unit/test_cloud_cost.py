@@ -39,7 +39,7 @@ def test_onprem_fixture_use_times_rates_plus_fixed_cost() -> None:
     data = cost.report(
         month="2026-10", source="onprem", costs=cost.onprem_costs(use, rates, "2026-10"), usage=usage, tenants=TENANTS
     )
-    # 12500.5 h × 0.02 + 5120 GiB × 0.01 + 20 GiB × 0.05 = 302.21 (survey); 73.24 (theory); 2.10 (staff)
+    # 12500.5 h x 0.02 + 5120 GiB x 0.01 + 20 GiB x 0.05 = 302.21 (survey); 73.24 (theory); 2.10 (staff)
     assert data["total"] == "1377.55"
     assert_adds_up(data)
     # fixed 1000 by the mean share of (core-hours, bytes, MyDB): survey 0.62775, theory 0.36957, platform 0.00268
@@ -55,7 +55,11 @@ def test_onprem_without_use_splits_fixed_cost_equally() -> None:
     usage = cost.Usage(month="2026-02")
     rates = Rates(fixed_monthly_usd=100)
     data = cost.report(
-        month="2026-02", source="onprem", costs=cost.onprem_costs({}, rates, "2026-02"), usage=usage, tenants=[*TENANTS, Tenant(name="third")]
+        month="2026-02",
+        source="onprem",
+        costs=cost.onprem_costs({}, rates, "2026-02"),
+        usage=usage,
+        tenants=[*TENANTS, Tenant(name="third")],
     )
     assert sorted(r["total"] for r in data["tenants"]) == ["33.33", "33.33", "33.34"]
     assert data["days"] == 28
@@ -96,7 +100,11 @@ def test_shares_always_add_up_to_the_total_to_the_cent(seed: int) -> None:
 
 
 def test_credits_and_negative_lines_still_add_up() -> None:
-    costs = {("a", "storage"): Decimal("10.005"), ("shared", "compute"): Decimal("-3.333"), ("b", "x"): Decimal("0.001")}
+    costs = {
+        ("a", "storage"): Decimal("10.005"),
+        ("shared", "compute"): Decimal("-3.333"),
+        ("b", "x"): Decimal("0.001"),
+    }
     rows, total_cents, _ = cost.split(costs, {"a": dict.fromkeys(cost.DIMENSIONS, 1.0)}, ["a", "b"])
     assert sum(r.total_cents for r in rows) == total_cents == 667
 
@@ -155,7 +163,10 @@ def test_aws_cost_explorer_and_s3_use_split_to_the_cent(aws: None) -> None:
         month="2026-10",
         core_hours={"survey-team": 3000, "theory": 1000},
         mydb_bytes={"survey-team": GIB, "theory": 3 * GIB},
-        s3_locations={"survey-team": "s3://astro-platform/groups/survey-team/", "theory": "s3://astro-platform/groups/theory/"},
+        s3_locations={
+            "survey-team": "s3://astro-platform/groups/survey-team/",
+            "theory": "s3://astro-platform/groups/theory/",
+        },
     )
     measured = cost.measure_s3(usage.s3_locations, s3)
     assert measured == {"survey-team": 3 * 1024**2, "theory": 1024**2}
@@ -193,8 +204,8 @@ def test_aws_cost_explorer_and_s3_use_split_to_the_cent(aws: None) -> None:
     costs = cost.aws_costs(ce, "2026-10", "astro")
     assert costs[("survey", "storage")] == Decimal("12.345") and costs[("", "")] == Decimal("7.77")
     data = cost.report(month="2026-10", source="aws", costs=costs, usage=usage, tenants=TENANTS)
-    # survey: 12.345 direct + 0.75 × (400.004 + 90.10) + 0.25 × 50 + 7/12 × (33.333 + 7.77 + 15.19) = 425.2606
-    # theory:  3.333 direct + 0.25 × (400.004 + 90.10) + 0.75 × 50 + 5/12 × 56.293 = 186.8144
+    # survey: 12.345 direct + 0.75 x (400.004 + 90.10) + 0.25 x 50 + 7/12 x (33.333 + 7.77 + 15.19) = 425.2606
+    # theory:  3.333 direct + 0.25 x (400.004 + 90.10) + 0.75 x 50 + 5/12 x 56.293 = 186.8144
     assert data["total"] == "612.08"
     assert money(data, "survey") == Decimal("425.26")
     assert money(data, "theory") == Decimal("186.82")  # the rounding cent goes to the larger remainder

@@ -85,9 +85,13 @@ def test_ingress_inline_security_group_and_legacy_rule() -> None:
     )
     (msg,) = rules.ingress_violations(sg, ADMIN)
     assert "ingress[1]" in msg and "8080" in msg
-    rule = res(rules.SECURITY_GROUP_RULE, type="ingress", protocol="tcp", fromPort=22, toPort=22, cidrBlocks=["0.0.0.0/0"])
+    rule = res(
+        rules.SECURITY_GROUP_RULE, type="ingress", protocol="tcp", fromPort=22, toPort=22, cidrBlocks=["0.0.0.0/0"]
+    )
     assert rules.ingress_violations(rule, ADMIN)
-    egress = res(rules.SECURITY_GROUP_RULE, type="egress", protocol="-1", fromPort=0, toPort=0, cidrBlocks=["0.0.0.0/0"])
+    egress = res(
+        rules.SECURITY_GROUP_RULE, type="egress", protocol="-1", fromPort=0, toPort=0, cidrBlocks=["0.0.0.0/0"]
+    )
     assert rules.ingress_violations(egress, ADMIN) == []
 
 
@@ -102,7 +106,10 @@ def test_ingress_ssh_needs_admin_cidrs_configured() -> None:
 def test_rds_public_unencrypted_or_unprotected() -> None:
     good = {"publiclyAccessible": False, "storageEncrypted": True, "deletionProtection": True}
     assert rules.resource_violations(res(rules.RDS_INSTANCE, **good)) == []
-    assert "publicly accessible" in rules.resource_violations(res(rules.RDS_INSTANCE, **{**good, "publiclyAccessible": True}))[0]
+    assert (
+        "publicly accessible"
+        in rules.resource_violations(res(rules.RDS_INSTANCE, **{**good, "publiclyAccessible": True}))[0]
+    )
     assert rules.resource_violations(res(rules.RDS_INSTANCE, **{**good, "storageEncrypted": False}))
     assert rules.resource_violations(res(rules.RDS_INSTANCE, publiclyAccessible=False, storageEncrypted=True))
 
@@ -115,7 +122,9 @@ def test_rds_must_force_tls() -> None:
     assert rules.rds_tls_violations([weak, db])
     assert rules.rds_tls_violations([db])
     # in a preview the name is unknown; the property dependency links them
-    unknown = Resource(rules.RDS_INSTANCE, "db", {}, urn="urn:db", property_deps={"parameterGroupName": frozenset({"urn:pg"})})
+    unknown = Resource(
+        rules.RDS_INSTANCE, "db", {}, urn="urn:db", property_deps={"parameterGroupName": frozenset({"urn:pg"})}
+    )
     assert rules.rds_tls_violations([group, unknown]) == []
 
 
@@ -142,7 +151,12 @@ def _bucket_set(name: str = "b") -> list[Resource]:
         res("aws:s3/bucket:Bucket", name, bucket=name),
         res(rules.PUBLIC_ACCESS_BLOCK, f"{name}-pab", bucket=f"{name}-id"),
         res(rules.BUCKET_SSE_TYPES[0], f"{name}-sse", bucket=f"{name}-id"),
-        res(rules.BUCKET_VERSIONING_TYPES[0], f"{name}-v", bucket=f"{name}-id", versioningConfiguration={"status": "Enabled"}),
+        res(
+            rules.BUCKET_VERSIONING_TYPES[0],
+            f"{name}-v",
+            bucket=f"{name}-id",
+            versioningConfiguration={"status": "Enabled"},
+        ),
     ]
 
 
@@ -163,10 +177,12 @@ def test_budget_per_tenant_and_platform() -> None:
     ]
     assert rules.budget_violations(tagged) == ["tenant 'survey' has no AWS Budget"]
     assert rules.budget_violations([*tagged, res(rules.BUDGET, "s", tags={**TAGS, "tenant": "survey"})]) == []
-    assert rules.budget_violations([*tagged, res(rules.BUDGET, "s", tags={**TAGS, "tenant": "survey"})], ["theory"]) == [
-        "tenant 'theory' has no AWS Budget"
-    ]
-    assert "platform" in rules.budget_violations([tagged[0], res(rules.BUDGET, "s", tags={**TAGS, "tenant": "survey"})])[0]
+    assert rules.budget_violations(
+        [*tagged, res(rules.BUDGET, "s", tags={**TAGS, "tenant": "survey"})], ["theory"]
+    ) == ["tenant 'theory' has no AWS Budget"]
+    assert (
+        "platform" in rules.budget_violations([tagged[0], res(rules.BUDGET, "s", tags={**TAGS, "tenant": "survey"})])[0]
+    )
 
 
 # ------------------------------------------------------------------ the pulumi-policy pack
@@ -177,7 +193,13 @@ def test_policy_pack_wraps_the_same_rules() -> None:
     import importlib.util
     import sys
 
-    from pulumi_policy.policy import PolicyCustomTimeouts, PolicyResource, PolicyResourceOptions, ResourceValidationArgs, StackValidationArgs
+    from pulumi_policy.policy import (
+        PolicyCustomTimeouts,
+        PolicyResource,
+        PolicyResourceOptions,
+        ResourceValidationArgs,
+        StackValidationArgs,
+    )
 
     from tests.conftest import REPO
 

@@ -7,9 +7,9 @@ import warnings
 
 import pytest
 
-from tests.unit.cloud_helpers import BASE_SPEC, SSH_KEY, Recorded, run_spec, spec_from
 from sciplat.cloud import rules
 from sciplat.cloud.config import REQUIRED_TAGS, stack_config
+from tests.unit.cloud_helpers import BASE_SPEC, SSH_KEY, Recorded, run_spec, spec_from
 
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 
@@ -86,7 +86,10 @@ def test_mocked_buckets_are_private_encrypted_and_versioned(stack: Recorded) -> 
     assert {b.props["bucket"] for b in buckets} == {"astro-platform", "astro-t-survey", "astro-t-theory"}
     for bucket in buckets:
         (block,) = [r for r in stack.of_type(rules.PUBLIC_ACCESS_BLOCK) if r.props["bucket"] == bucket.id]
-        assert all(block.props[k] for k in ("blockPublicAcls", "blockPublicPolicy", "ignorePublicAcls", "restrictPublicBuckets"))
+        assert all(
+            block.props[k]
+            for k in ("blockPublicAcls", "blockPublicPolicy", "ignorePublicAcls", "restrictPublicBuckets")
+        )
         (sse,) = [r for r in stack.of_type(rules.BUCKET_SSE_TYPES[0]) if r.props["bucket"] == bucket.id]
         assert sse.props["rules"][0]["applyServerSideEncryptionByDefault"]["sseAlgorithm"] in ("AES256", "aws:kms")
         assert "acl" not in bucket.props

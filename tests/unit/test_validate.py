@@ -160,7 +160,12 @@ BROKEN = [
         None,
         "cloud",
     ),
-    ("bad instance type", with_section("cloud:\n  compute: {instance_type: huge}\n"), None, "cloud.compute.instance_type"),
+    (
+        "bad instance type",
+        with_section("cloud:\n  compute: {instance_type: huge}\n"),
+        None,
+        "cloud.compute.instance_type",
+    ),
     (
         "spot pool smaller than its minimum",
         with_section("cloud:\n  compute: {spot: {min_size: 5, max_size: 2}}\n"),

@@ -11,7 +11,7 @@ cost-allocation tags the stack puts on every resource:
    Use by groups that belong to no tenant is charged to the row ``platform``.
    When nobody used a resource at all its cost is split equally between the tenants.
 
-On-prem the same report is use × the rates of ``cloud.rates`` in platform.yaml, with
+On-prem the same report is use x the rates of ``cloud.rates`` in platform.yaml, with
 ``fixed_monthly_usd`` split like the shared costs above.
 
 Amounts are split exactly (fractions) and then rounded to the cent with the
@@ -26,7 +26,7 @@ import io
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import Decimal
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -253,9 +253,7 @@ def split(
 # ------------------------------------------------------------------ sources
 
 
-def aws_costs(
-    ce: Any, month: str, platform: str, *, whole_account: bool = False
-) -> dict[tuple[str, str], Decimal]:
+def aws_costs(ce: Any, month: str, platform: str, *, whole_account: bool = False) -> dict[tuple[str, str], Decimal]:
     """Unblended cost of the month per (tenant tag, component tag) from Cost Explorer."""
     start, end = month_bounds(month)
     request: dict[str, Any] = {
@@ -284,7 +282,7 @@ def aws_costs(
 
 
 def onprem_costs(use: Mapping[str, Mapping[str, float]], rates: Rates, month: str) -> dict[tuple[str, str], Decimal]:
-    """Use × rates per row (as direct costs) plus the fixed monthly cost (shared)."""
+    """Use x rates per row (as direct costs) plus the fixed monthly cost (shared)."""
     costs: dict[tuple[str, str], Decimal] = {}
     for name, u in use.items():
         amount = (
@@ -339,7 +337,7 @@ def report(
             "core-hours, storage and homes by bytes stored, database by MyDB size, the rest by the mean "
             "of those shares; rounded to the cent by largest remainder"
             if source == "aws"
-            else "use × cloud.rates (core-hours, GiB-months stored, GiB-months of MyDB); fixed_monthly_usd "
+            else "use x cloud.rates (core-hours, GiB-months stored, GiB-months of MyDB); fixed_monthly_usd "
             "split by the mean of the tenants' shares of use; rounded to the cent by largest remainder"
         ),
     }

@@ -105,7 +105,7 @@ def tag_violations(res: Resource) -> list[str]:
     where = f"{res.type} {res.name}"
     if res.type == ASG:
         tags = {
-            t.get("key"): t.get("value")
+            str(t.get("key")): t.get("value")
             for t in res.props.get("tags") or []
             if isinstance(t, Mapping) and t.get("propagateAtLaunch")
         }
@@ -255,7 +255,9 @@ def rds_tls_violations(resources: Sequence[Resource]) -> list[str]:
     groups = [r for r in resources if r.type == RDS_PARAMETER_GROUP]
     for db in (r for r in resources if r.type == RDS_INSTANCE):
         group = next((g for g in groups if _refers(db, "parameterGroupName", g)), None)
-        params = {str(p.get("name")): str(p.get("value")) for p in (group.props.get("parameters") or [])} if group else {}
+        params = (
+            {str(p.get("name")): str(p.get("value")) for p in (group.props.get("parameters") or [])} if group else {}
+        )
         if params.get("rds.force_ssl") != "1":
             out.append(f"RDS instance {db.name} does not force TLS (parameter group with rds.force_ssl=1)")
     return out

@@ -119,7 +119,10 @@ def _stack(inventory: Path, spec: PlatformSpec) -> Any:
     stack.set_config("aws:region", auto.ConfigValue(value=spec.cloud.region))
     stack.set_config("sciplat:spec", auto.ConfigValue(value=str((inventory / "platform.yaml").resolve())))
     key = Path(spec.cloud.ssh_public_key_file).expanduser()
-    stack.set_config("sciplat:sshPublicKeyFile", auto.ConfigValue(value=str(key if key.is_absolute() else (inventory / key).resolve())))
+    stack.set_config(
+        "sciplat:sshPublicKeyFile",
+        auto.ConfigValue(value=str(key if key.is_absolute() else (inventory / key).resolve())),
+    )
     return stack
 
 
@@ -205,9 +208,12 @@ def cost_report(
     usage_file: Annotated[
         Path | None, typer.Option("--usage", help="Measured use per group (YAML/JSON; see docs/cloud-aws.md).")
     ] = None,
-    source: Annotated[str, typer.Option("--source", help="aws (Cost Explorer), onprem (use × rates) or auto.")] = "auto",
+    source: Annotated[
+        str, typer.Option("--source", help="aws (Cost Explorer), onprem (use x rates) or auto.")
+    ] = "auto",
     whole_account: Annotated[
-        bool, typer.Option("--whole-account", help="AWS: include costs not tagged with the platform (a dedicated account).")
+        bool,
+        typer.Option("--whole-account", help="AWS: include costs not tagged with the platform (a dedicated account)."),
     ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
     as_csv: Annotated[bool, typer.Option("--csv", help="Print CSV.")] = False,
@@ -231,7 +237,7 @@ def cost_report(
         if usage.month != month:
             raise cost_mod.CostError(f"{usage_file} measures {usage.month}, not {month}")
         if source == "onprem" and usage_file is None:
-            raise cost_mod.CostError("the on-prem report is use × rates: give the month's use with --usage FILE")
+            raise cost_mod.CostError("the on-prem report is use x rates: give the month's use with --usage FILE")
         if source == "aws":
             import boto3
 

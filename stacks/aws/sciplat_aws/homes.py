@@ -19,8 +19,12 @@ class Homes(Component):
     ) -> None:
         super().__init__("sciplat:aws:Homes", name, opts)
         lifecycle = (
-            [{"transition_to_ia": f"AFTER_{config.infrequent_access_after_days}_DAY"
-              + ("" if config.infrequent_access_after_days == 1 else "S")}]
+            [
+                {
+                    "transition_to_ia": f"AFTER_{config.infrequent_access_after_days}_DAY"
+                    + ("" if config.infrequent_access_after_days == 1 else "S")
+                }
+            ]
             if config.infrequent_access_after_days
             else []
         )

@@ -25,7 +25,8 @@ def build(config: StackConfig) -> dict[str, Any]:
     network = Network(name, config.network)
     hosts = Hosts(name, config.hosts, network)
     pools = [
-        ComputePool(f"{name}-{pool.name}", config.compute, pool, network, hosts.machine) for pool in config.compute.pools
+        ComputePool(f"{name}-{pool.name}", config.compute, pool, network, hosts.machine)
+        for pool in config.compute.pools
     ]
     storage = ObjectStorage(name, config.storage)
     homes = Homes(name, config.homes, network)

@@ -20,7 +20,9 @@ class ObjectStorage(Component):
         super().__init__("sciplat:aws:ObjectStorage", name, opts)
         self.config = config
         self.platform_bucket = self._bucket(f"{name}-platform", config.bucket_name(), None)
-        self.tenant_buckets = {t.name: self._bucket(f"{name}-t-{t.name}", config.bucket_name(t.name), t) for t in config.tenants}
+        self.tenant_buckets = {
+            t.name: self._bucket(f"{name}-t-{t.name}", config.bucket_name(t.name), t) for t in config.tenants
+        }
         self.register_outputs({"platform_bucket": self.platform_bucket.bucket})
 
     def _bucket(self, logical: str, bucket_name: str, tenant: TenantConfig | None) -> aws.s3.Bucket:
@@ -44,7 +46,9 @@ class ObjectStorage(Component):
         aws.s3.BucketServerSideEncryptionConfiguration(
             f"{logical}-encryption",
             bucket=bucket.id,
-            rules=[{"apply_server_side_encryption_by_default": {"sse_algorithm": "AES256"}, "bucket_key_enabled": True}],
+            rules=[
+                {"apply_server_side_encryption_by_default": {"sse_algorithm": "AES256"}, "bucket_key_enabled": True}
+            ],
             opts=child,
         )
         versioning = aws.s3.BucketVersioning(
