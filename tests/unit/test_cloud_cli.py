@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import warnings
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -17,7 +16,6 @@ from sciplat.commands import cloud as cloud_cmd
 from sciplat.validate import validate_inventory_dir
 from tests.unit.cloud_helpers import BASE_SPEC, SSH_KEY, run_spec, spec_from
 
-warnings.filterwarnings("ignore", category=DeprecationWarning)
 FIXTURES = Path(__file__).parent / "fixtures" / "cloud"
 runner = CliRunner()
 

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import ipaddress
-import warnings
+from pathlib import Path
 
 import pytest
 
 from sciplat.cloud import rules
 from sciplat.cloud.config import REQUIRED_TAGS, stack_config
 from tests.unit.cloud_helpers import BASE_SPEC, SSH_KEY, Recorded, run_spec, spec_from
-
-warnings.filterwarnings("ignore", category=DeprecationWarning)
 
 ADMIN = ["192.0.2.0/24"]
 
@@ -211,3 +209,30 @@ def test_mocked_config_is_typed_and_reads_only_the_cloud_section() -> None:
     assert [h.name for h in config.hosts.hosts] == ["gw", "hub", "db", "monitor", "ctl"]
     assert config.storage.bucket_name("survey") == "astro-t-survey"
     assert "tenants" in BASE_SPEC
+
+
+def test_mocked_program_entry_point_reads_platform_yaml(stack: Recorded, tmp_path: Path) -> None:
+    """stacks/aws/__main__.py, as `pulumi up` runs it: config sciplat:spec → the same resources."""
+    import runpy
+
+    import pulumi
+
+    from tests.unit.cloud_helpers import STACK_DIR, _Mocks
+
+    (tmp_path / "platform.yaml").write_text(BASE_SPEC)
+    (tmp_path / "key.pub").write_text(SSH_KEY + "\n")
+    record = Recorded()
+    pulumi.runtime.set_mocks(_Mocks(record), project="sciplat", stack="test", preview=False)
+    pulumi.runtime.set_all_config(
+        {"sciplat:spec": str(tmp_path / "platform.yaml"), "sciplat:sshPublicKeyFile": str(tmp_path / "key.pub")}
+    )
+    try:
+
+        @pulumi.runtime.test  # type: ignore[misc]
+        def program() -> None:
+            runpy.run_path(str(STACK_DIR / "__main__.py"), run_name="__main__")
+
+        program()
+    finally:
+        pulumi.runtime.set_all_config({})
+    assert {(r.type, r.name) for r in record.resources} == {(r.type, r.name) for r in stack.resources}
