@@ -125,7 +125,7 @@ def up(
         err.print(f"[red]--target {target!r}[/]: use one of {', '.join(cloud_cmd.TARGETS)}")
         raise typer.Exit(EXIT_INVALID)
     if target == "aws":
-        cloud_cmd.provision(inventory, err if as_json else console)
+        cloud_cmd.provision(inventory, err if as_json else console, check=check)
     overrides: dict[str, Any] | None = None
     if extra_vars:
         try:

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
+import typer
 import yaml
 from typer.testing import CliRunner
 
@@ -200,3 +201,25 @@ def test_cost_report_rejects_a_bad_month_and_a_missing_usage_file(tmp_path: Path
         app, ["cost", "report", "-i", str(inv), "--month", "2026-09", "--usage", str(FIXTURES / "usage-2026-10.yml")]
     )
     assert wrong.exit_code == 1 and "not 2026-09" in wrong.output
+
+
+def test_check_mode_previews_and_never_creates(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[str] = []
+
+    class NeverCreated:
+        def preview(self, on_output: Any) -> None:
+            calls.append("preview")
+
+        def up(self, on_output: Any) -> None:  # pragma: no cover - must not be called
+            calls.append("up")
+
+        def outputs(self) -> dict[str, Any]:
+            return {}
+
+    monkeypatch.setattr(cloud_cmd, "_stack", lambda inventory, spec: NeverCreated())
+    inv = aws_inventory(tmp_path)
+    with pytest.raises(typer.Exit) as exc:
+        cloud_cmd.provision(inv, cloud_cmd.console, check=True)
+    assert exc.value.exit_code == 1
+    assert calls == ["preview"]
+    assert not (inv / "hosts.yml").exists()

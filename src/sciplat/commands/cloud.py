@@ -149,16 +149,31 @@ def render_inventory(inventory: Path, spec: PlatformSpec, outputs: dict[str, Any
     out.print(f"inventory: {hosts_path} ({len(outputs['hosts'])} hosts, {len(nodes)} compute nodes); {vars_path}")
 
 
-def provision(inventory: Path, out: Console) -> None:
-    """Create or update the AWS stack, then render the inventory (called by `sciplat up --target aws`)."""
+def provision(inventory: Path, out: Console, *, check: bool = False) -> None:
+    """Create or update the AWS stack, then render the inventory (called by `sciplat up --target aws`).
+
+    With ``check`` the stack is only previewed (nothing is created) and the inventory is
+    rendered from the outputs of the last real run, if there was one.
+    """
     spec = _checked(inventory)
+    assert spec.cloud is not None
     try:
-        _private_key(spec.cloud.ssh_public_key_file, inventory)  # type: ignore[union-attr]
-        cloud_config.read_public_key(spec.cloud.ssh_public_key_file, inventory)  # type: ignore[union-attr]
+        _private_key(spec.cloud.ssh_public_key_file, inventory)
+        cloud_config.read_public_key(spec.cloud.ssh_public_key_file, inventory)
         stack = _stack(inventory, spec)
-        out.print(f"pulumi up: stack {spec.platform.name} in {spec.cloud.region}")  # type: ignore[union-attr]
-        result = stack.up(on_output=lambda line: out.print(line, highlight=False, markup=False, end=""))
-        outputs = {k: v.value for k, v in result.outputs.items()}
+        print_line = lambda line: out.print(line, highlight=False, markup=False, end="")  # noqa: E731
+        if check:
+            out.print(f"pulumi preview: stack {spec.platform.name} in {spec.cloud.region}")
+            stack.preview(on_output=print_line)
+            outputs = {k: v.value for k, v in stack.outputs().items()}
+            if not outputs:
+                raise CloudError(
+                    "--check previewed the stack; it has never been created, so there are no hosts to check yet"
+                )
+        else:
+            out.print(f"pulumi up: stack {spec.platform.name} in {spec.cloud.region}")
+            result = stack.up(on_output=print_line)
+            outputs = {k: v.value for k, v in result.outputs.items()}
         render_inventory(inventory, spec, outputs, out)
     except (CloudError, cloud_config.CloudConfigError) as exc:
         err.print(f"[red]aws:[/] {exc}", soft_wrap=True)
