@@ -301,3 +301,29 @@ def cost_report(
 
 def _region(spec: PlatformSpec) -> str:
     return spec.cloud.region if spec.cloud else "us-east-1"
+
+
+@cost_app.command("collect")
+def cost_collect(
+    inventory: InventoryOpt,
+    month: Annotated[str, typer.Option("--month", help="The month, YYYY-MM.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Where to write the usage file.")] = Path("usage.yml"),
+) -> None:
+    """Measure the month's use per group on the hosts (Slurm core-hours, MyDB size, /groups bytes)."""
+    from sciplat.cloud import collect as collect_mod
+
+    load_spec(inventory)
+    try:
+        cost_mod.check_month(month)
+        usage = collect_mod.collect(month, collect_mod.ansible_runner(inventory.resolve(), repo_root()))
+    except ValueError as exc:
+        err.print(f"[red]--month:[/] {exc}")
+        raise typer.Exit(EXIT_INVALID) from None
+    except cost_mod.CostError as exc:
+        err.print(f"[red]cost:[/] {exc}", soft_wrap=True)
+        raise typer.Exit(1) from None
+    collect_mod.write_usage(usage, output)
+    console.print(
+        f"{output}: {len(usage.core_hours)} Slurm accounts, {len(usage.mydb_bytes)} group databases, "
+        f"{len(usage.stored_bytes)} group directories"
+    )
