@@ -236,3 +236,30 @@ def test_mocked_program_entry_point_reads_platform_yaml(stack: Recorded, tmp_pat
     finally:
         pulumi.runtime.set_all_config({})
     assert {(r.type, r.name) for r in record.resources} == {(r.type, r.name) for r in stack.resources}
+
+
+def test_mocked_hub_may_administer_storage_but_not_mint_administrators(stack: Recorded) -> None:
+    import json
+
+    by_name = {h.name: h for h in stack.of_type(rules.EC2_INSTANCE)}
+    assert by_name["astro-hub"].props["iamInstanceProfile"] == "astro-hub-profile"
+    assert by_name["astro-db"].props["iamInstanceProfile"] == "astro-profile"
+    (policy,) = stack.of_type("aws:iam/rolePolicy:RolePolicy")
+    assert policy.props["role"] == "astro-hub-role-id"
+    statements = {s["Sid"]: s for s in json.loads(policy.props["policy"])["Statement"]}
+    assert statements["PlatformBuckets"]["Resource"] == ["arn:aws:s3:::astro-*", "arn:aws:s3:::astro-*/*"]
+    create = statements["CreateBoundedUsers"]
+    assert create["Action"] == "iam:CreateUser" and create["Resource"] == "arn:aws:iam::*:user/sciplat/astro/*"
+    assert create["Condition"]["StringEquals"]["iam:PermissionsBoundary"].endswith("astro-user-boundary")
+    assert statements["KeepTheBoundary"]["Effect"] == "Deny"
+    for sid, statement in statements.items():
+        if statement["Effect"] == "Allow" and statement["Resource"] == "*":
+            assert sid in ("ListBuckets", "StorageMetrics"), sid
+            actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+            assert not any(a.startswith(("iam:", "s3:Put", "s3:Delete")) for a in actions)
+    (boundary,) = stack.of_type("aws:iam/policy:Policy")
+    assert json.loads(boundary.props["policy"])["Statement"][0]["Resource"] == [
+        "arn:aws:s3:::astro-*",
+        "arn:aws:s3:::astro-*/*",
+    ]
+    assert stack.outputs["storage_admin"]["iam_path"] == "/sciplat/astro/"

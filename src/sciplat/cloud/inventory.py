@@ -145,6 +145,8 @@ def cloud_vars(outputs: Mapping[str, Any]) -> dict[str, Any]:
         "sciplat_cloud_efs_id": homes.get("id"),
         "sciplat_cloud_efs_dns_name": homes.get("dns_name"),
         "sciplat_cloud_rds": outputs.get("rds"),
+        # for sciplat_hub.storage.aws: bucket prefix, IAM path, the boundary its IAM users must carry
+        "sciplat_cloud_storage_admin": outputs.get("storage_admin"),
     }
 
 

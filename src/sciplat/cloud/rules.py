@@ -54,6 +54,7 @@ UNTAGGABLE = frozenset(
         "aws:efs/mountTarget:MountTarget",
         "aws:efs/backupPolicy:BackupPolicy",
         "aws:iam/rolePolicyAttachment:RolePolicyAttachment",
+        "aws:iam/rolePolicy:RolePolicy",
         "aws:costexplorer/costAllocationTag:CostAllocationTag",
     }
 )

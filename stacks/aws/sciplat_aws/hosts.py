@@ -58,20 +58,10 @@ class Hosts(Component):
     ) -> None:
         super().__init__("sciplat:aws:Hosts", name, opts)
         key = aws.ec2.KeyPair(f"{name}-key", public_key=config.ssh_public_key, opts=self.child())
-        role = aws.iam.Role(
-            f"{name}-role",
-            assume_role_policy=json.dumps(
-                {
-                    "Version": "2012-10-17",
-                    "Statement": [
-                        {"Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}
-                    ],
-                }
-            ),
-            opts=self.child(),
-        )
-        aws.iam.RolePolicyAttachment(f"{name}-ssm", role=role.name, policy_arn=SSM_POLICY, opts=self.child())
-        profile = aws.iam.InstanceProfile(f"{name}-profile", role=role.name, opts=self.child())
+        _, profile = self._role(name, "role", "profile")
+        # The hub hosts get their own role: the storage component grants it the S3/IAM
+        # administration the platform's storage backend (storage.backend: s3) needs.
+        self.hub_role, hub_profile = self._role(name, "hub-role", "hub-profile")
         self.machine = Machine(ami=machine_image(config), key_name=key.key_name, instance_profile=profile)
         self.instances: dict[str, aws.ec2.Instance] = {}
         self.public_ips: dict[str, pulumi.Output[str]] = {}
@@ -86,7 +76,7 @@ class Hosts(Component):
                 subnet_id=subnets[i % len(subnets)].id,
                 vpc_security_group_ids=groups,
                 key_name=key.key_name,
-                iam_instance_profile=profile.name,
+                iam_instance_profile=(hub_profile if "hub" in host.groups else profile).name,
                 associate_public_ip_address=host.public,
                 metadata_options={"http_tokens": "required", "http_endpoint": "enabled"},
                 root_block_device={"volume_size": host.volume_gib, "volume_type": "gp3", "encrypted": True},
@@ -120,3 +110,22 @@ class Hosts(Component):
             )
         self.host_list: pulumi.Output[list[dict[str, Any]]] = pulumi.Output.all(*outputs)  # type: ignore[assignment]
         self.register_outputs({"hosts": self.host_list})
+
+    def _role(self, name: str, role_name: str, profile_name: str) -> tuple[aws.iam.Role, aws.iam.InstanceProfile]:
+        """An EC2 instance role with the SSM core policy (Session Manager), and its profile."""
+        role = aws.iam.Role(
+            f"{name}-{role_name}",
+            assume_role_policy=json.dumps(
+                {
+                    "Version": "2012-10-17",
+                    "Statement": [
+                        {"Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}
+                    ],
+                }
+            ),
+            opts=self.child(),
+        )
+        aws.iam.RolePolicyAttachment(
+            f"{name}-{role_name}-ssm", role=role.name, policy_arn=SSM_POLICY, opts=self.child()
+        )
+        return role, aws.iam.InstanceProfile(f"{name}-{profile_name}", role=role.name, opts=self.child())

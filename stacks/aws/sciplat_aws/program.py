@@ -28,7 +28,7 @@ def build(config: StackConfig) -> dict[str, Any]:
         ComputePool(f"{name}-{pool.name}", config.compute, pool, network, hosts.machine)
         for pool in config.compute.pools
     ]
-    storage = ObjectStorage(name, config.storage)
+    storage = ObjectStorage(name, config.storage, admin_role=hosts.hub_role)
     homes = Homes(name, config.homes, network)
     database = Database(name, config.database, network) if config.database.enabled else None
     Budgets(name, config.budgets)
@@ -49,4 +49,5 @@ def build(config: StackConfig) -> dict[str, Any]:
         ),
         "homes": pulumi.Output.all(homes.fs.id, homes.fs.dns_name).apply(lambda v: {"id": v[0], "dns_name": v[1]}),
         "rds": database.endpoint if database is not None else None,
+        "storage_admin": storage.admin,
     }
