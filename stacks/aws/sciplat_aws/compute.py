@@ -85,7 +85,8 @@ class ComputePool(Component):
                 {"key": "Name", "value": f"{config.platform}-{pool.name}", "propagate_at_launch": True},
                 {"key": "sciplat-partitions", "value": ",".join(pool.partitions), "propagate_at_launch": True},
             ],
-            opts=self.child(),
+            # scaling between min and max belongs to the operator (or a Slurm resume program), not to pulumi up
+            opts=self.child(ignore_changes=["desiredCapacity"]),
             **extra,  # type: ignore[arg-type]
         )
         self.summary = self.group.name.apply(
