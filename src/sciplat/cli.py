@@ -15,6 +15,7 @@ from sciplat import __version__
 from sciplat import render as render_mod
 from sciplat import runner as runner_mod
 from sciplat import secrets as secrets_mod
+from sciplat.commands import cloud as cloud_cmd
 from sciplat.paths import repo_root
 from sciplat.spec import PlatformSpec
 from sciplat.validate import Result, validate_inventory_dir
@@ -29,6 +30,8 @@ secrets_app = typer.Typer(help="Read the platform's generated secrets.", no_args
 testbed_app = typer.Typer(help="The local test bed: podman hosts that behave like servers.", no_args_is_help=True)
 app.add_typer(secrets_app, name="secrets")
 app.add_typer(testbed_app, name="testbed")
+app.add_typer(cloud_cmd.cloud_app, name="cloud")
+app.add_typer(cloud_cmd.cost_app, name="cost")
 
 console = Console()
 err = Console(stderr=True)
@@ -112,9 +115,17 @@ def up(
         str | None,
         typer.Option("--extra-vars", "-e", help="Role variables as a JSON object, for this run only (debugging)."),
     ] = None,
+    target: Annotated[
+        str, typer.Option("--target", help="hosts: the hosts in hosts.yml; aws: create them with Pulumi first.")
+    ] = "hosts",
     as_json: JsonOpt = False,
 ) -> None:
     """Validate, render and deploy the platform (playbooks/site.yml)."""
+    if target not in cloud_cmd.TARGETS:
+        err.print(f"[red]--target {target!r}[/]: use one of {', '.join(cloud_cmd.TARGETS)}")
+        raise typer.Exit(EXIT_INVALID)
+    if target == "aws":
+        cloud_cmd.provision(inventory, err if as_json else console, check=check)
     overrides: dict[str, Any] | None = None
     if extra_vars:
         try:

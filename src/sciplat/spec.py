@@ -391,41 +391,298 @@ class BackupSection(Section):
 # ---------------------------------------------------------------- cloud
 
 
+_AWS_REGION = re.compile(r"^[a-z]{2}(-gov)?-[a-z]+-\d$")
+_INSTANCE_TYPE = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9]+$")
+_HOST_NAME = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
+# Host groups a cloud host may carry; compute nodes come from the auto-scaling pools,
+# object storage and homes from S3 and EFS.
+CLOUD_HOST_GROUPS = ("gateway", "hub", "directory", "db", "monitor", "slurm_controller")
+EFS_IA_DAYS = (1, 7, 14, 30, 60, 90, 180, 270, 365)
+
+
+def _instance_type(value: str) -> str:
+    if not _INSTANCE_TYPE.match(value):
+        raise ValueError(f"{value!r} is not an EC2 instance type such as t3.medium or c6i.xlarge")
+    return value
+
+
 class Tenant(Section):
-    name: str
-    cost_center: str = ""
-    budget_monthly_usd: float | None = Field(default=None, gt=0)
+    name: str = Field(description="Tenant name: becomes the `tenant` tag, its bucket name suffix and its budget.")
+    cost_center: str = Field(default="", description="The `cost-center` tag of the tenant's resources.")
+    budget_monthly_usd: float | None = Field(default=None, gt=0, description="Monthly AWS Budget for the tenant.")
+    groups: list[str] = Field(
+        default_factory=list,
+        description="Platform groups (Slurm accounts, group directories, buckets and databases) whose use is "
+        "charged to this tenant in the cost split.",
+    )
+    alert_emails: list[str] = Field(
+        default_factory=list, description="Who the tenant's budget alerts go to (besides cloud.budgets.alert_emails)."
+    )
 
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
         if not _SLUG.match(value):
             raise ValueError(f"{value!r} is not a valid tenant name; use lowercase letters, digits and hyphens")
+        if value in ("shared", "platform"):
+            raise ValueError(f"{value!r} is reserved for the platform's shared costs; choose another tenant name")
         return value
+
+    @field_validator("groups")
+    @classmethod
+    def _groups(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if not _NAME.match(name):
+                raise ValueError(f"{name!r} is not a valid group name; use lowercase letters, digits, '_' and '-'")
+        return value
+
+    @field_validator("alert_emails")
+    @classmethod
+    def _emails(cls, value: list[str]) -> list[str]:
+        return [check_email(v) for v in value]
+
+
+class CloudHost(Section):
+    name: str = Field(description="Host name (Name tag and inventory name).")
+    groups: list[str] = Field(description=f"Host groups it serves, among: {', '.join(CLOUD_HOST_GROUPS)}.")
+    instance_type: str = Field(default="t3.medium", description="EC2 instance type.")
+    volume_size: Size = Field(default="30GiB", description="Encrypted gp3 root volume.")  # type: ignore[assignment]
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not _HOST_NAME.match(value):
+            raise ValueError(f"{value!r} is not a host name; use lowercase letters, digits and '-' (e.g. gw)")
+        return value
+
+    @field_validator("groups")
+    @classmethod
+    def _groups(cls, value: list[str]) -> list[str]:
+        for group in value:
+            if group not in CLOUD_HOST_GROUPS:
+                raise ValueError(
+                    f"{group!r} cannot be a cloud host's group; use {', '.join(CLOUD_HOST_GROUPS)} "
+                    "(compute nodes come from cloud.compute, storage from S3 and EFS)"
+                )
+        if not value:
+            raise ValueError("a cloud host needs at least one group")
+        return list(dict.fromkeys(value))
+
+    @field_validator("instance_type")
+    @classmethod
+    def _type(cls, value: str) -> str:
+        return _instance_type(value)
+
+
+def _default_cloud_hosts() -> list[CloudHost]:
+    return [
+        CloudHost(name="gw", groups=["gateway"], instance_type="t3.small", volume_size=20 * 1024**3),
+        CloudHost(name="hub", groups=["hub", "directory"], instance_type="t3.large", volume_size=50 * 1024**3),
+        CloudHost(name="db", groups=["db"], instance_type="t3.medium", volume_size=100 * 1024**3),
+        CloudHost(name="monitor", groups=["monitor"], instance_type="t3.small", volume_size=50 * 1024**3),
+        CloudHost(name="ctl", groups=["slurm_controller"], instance_type="t3.small", volume_size=20 * 1024**3),
+    ]
+
+
+class SpotPool(Section):
+    enabled: bool = Field(default=False, description="A second, spot-priced pool for batch partitions.")
+    instance_types: list[str] = Field(
+        default_factory=lambda: ["c6i.xlarge", "c5.xlarge", "m6i.xlarge"],
+        min_length=1,
+        description="Interchangeable types (more types, fewer interruptions).",
+    )
+    min_size: int = Field(default=0, ge=0)
+    max_size: int = Field(default=4, ge=0, le=1000)
+    partitions: list[str] = Field(default_factory=lambda: ["batch"], description="Slurm partitions it serves.")
+
+    @field_validator("instance_types")
+    @classmethod
+    def _types(cls, value: list[str]) -> list[str]:
+        return [_instance_type(v) for v in value]
+
+    @model_validator(mode="after")
+    def _sizes(self) -> SpotPool:
+        if self.max_size < self.min_size:
+            raise ValueError(f"max_size ({self.max_size}) must be at least min_size ({self.min_size})")
+        return self
+
+
+class CloudCompute(Section):
+    instance_type: str = Field(default="c6i.xlarge", description="On-demand Slurm compute nodes.")
+    min_size: int = Field(default=2, ge=0, le=1000)
+    max_size: int = Field(default=2, ge=0, le=1000)
+    volume_size: Size = Field(default="30GiB")  # type: ignore[assignment]
+    spot: SpotPool = Field(default_factory=SpotPool)
+
+    @field_validator("instance_type")
+    @classmethod
+    def _type(cls, value: str) -> str:
+        return _instance_type(value)
+
+    @model_validator(mode="after")
+    def _sizes(self) -> CloudCompute:
+        if self.max_size < self.min_size:
+            raise ValueError(f"max_size ({self.max_size}) must be at least min_size ({self.min_size})")
+        return self
+
+
+class RdsSettings(Section):
+    enabled: bool = Field(default=False, description="RDS PostgreSQL instead of PostgreSQL on the db host.")
+    instance_class: str = Field(default="db.t4g.medium")
+    allocated_storage: Size = Field(default="50GiB")  # type: ignore[assignment]
+    multi_az: bool = False
+    backup_retention_days: int = Field(default=7, ge=1, le=35)
+
+    @field_validator("instance_class")
+    @classmethod
+    def _class(cls, value: str) -> str:
+        if not value.startswith("db.") or not _INSTANCE_TYPE.match(value[3:]):
+            raise ValueError(f"{value!r} is not an RDS instance class such as db.t4g.medium")
+        return value
+
+
+class HomesSettings(Section):
+    throughput_mode: Literal["bursting", "elastic"] = "elastic"
+    infrequent_access_after_days: int | None = Field(
+        default=30, description=f"Move files unread this long to EFS Infrequent Access (one of {EFS_IA_DAYS})."
+    )
+    backup: bool = Field(default=True, description="AWS Backup of the file system (EFS backup policy).")
+
+    @field_validator("infrequent_access_after_days")
+    @classmethod
+    def _ia(cls, value: int | None) -> int | None:
+        if value is not None and value not in EFS_IA_DAYS:
+            raise ValueError(f"{value} is not one EFS accepts; use one of {', '.join(map(str, EFS_IA_DAYS))}")
+        return value
+
+
+class BucketSettings(Section):
+    noncurrent_expire_days: int = Field(default=30, ge=1, description="Old object versions are deleted after this.")
+    infrequent_access_after_days: int | None = Field(
+        default=None, ge=30, description="Move objects to STANDARD_IA after this many days (AWS minimum 30)."
+    )
+    abort_multipart_days: int = Field(default=7, ge=1)
+
+
+class BudgetSettings(Section):
+    platform_monthly_usd: float | None = Field(default=None, gt=0, description="Monthly budget of the whole platform.")
+    alert_emails: list[str] = Field(default_factory=list, description="Recipients of every budget alert.")
+    thresholds: list[float] = Field(
+        default_factory=lambda: [50.0, 80.0, 100.0],
+        min_length=1,
+        description="Percentages of a budget at which actual spend alerts.",
+    )
+    forecast_threshold: float | None = Field(
+        default=100.0, gt=0, description="Alert when the month's forecast passes this percentage."
+    )
+
+    @field_validator("alert_emails")
+    @classmethod
+    def _emails(cls, value: list[str]) -> list[str]:
+        return [check_email(v) for v in value]
+
+    @field_validator("thresholds")
+    @classmethod
+    def _thresholds(cls, value: list[float]) -> list[float]:
+        for v in value:
+            if not 0 < v <= 1000:
+                raise ValueError(f"threshold {v} must be a percentage between 0 and 1000")
+        return sorted(set(value))
+
+
+class Rates(Section):
+    """Prices for the on-prem cost report (use x rate)."""
+
+    core_hour_usd: float = Field(default=0.0, ge=0, description="Price of one Slurm core-hour.")
+    storage_gib_month_usd: float = Field(default=0.0, ge=0, description="Price of one GiB stored for a month.")
+    mydb_gib_month_usd: float = Field(default=0.0, ge=0, description="Price of one GiB of MyDB for a month.")
+    fixed_monthly_usd: float = Field(
+        default=0.0, ge=0, description="Shared monthly cost (hardware, power, staff) split by measured use."
+    )
 
 
 class CloudSection(Section):
     provider: Literal["aws"] = "aws"
     region: str = "eu-west-1"
+    vpc_cidr: str = Field(default="10.42.0.0/16", description="The VPC's address range (a /16 to /20).")
     admin_cidrs: list[str] = Field(default_factory=list, description="Where SSH (22) is allowed from.")
+    ssh_public_key_file: str = Field(
+        default="~/.ssh/id_ed25519.pub", description="Operator's SSH public key for the hosts (EC2 key pair)."
+    )
+    ami: str | None = Field(default=None, description="AMI id; default: the newest official Debian 12 image.")
+    nat_gateway: bool = Field(
+        default=False,
+        description="Put the hosts in private subnets behind a NAT gateway (about 35 USD a month plus 0.045 USD "
+        "per GB); without it hosts sit in public subnets with a public IPv4 address and closed security groups.",
+    )
+    cost_center: str = Field(default="", description="`cost-center` tag of shared resources.")
+    hosts: list[CloudHost] = Field(default_factory=_default_cloud_hosts)
+    compute: CloudCompute = Field(default_factory=CloudCompute)
+    rds: RdsSettings = Field(default_factory=RdsSettings)
+    homes: HomesSettings = Field(default_factory=HomesSettings)
+    buckets: BucketSettings = Field(default_factory=BucketSettings)
     tenants: list[Tenant] = Field(default_factory=list)
-    platform_budget_monthly_usd: float | None = Field(default=None, gt=0)
-    budget_alert_emails: list[str] = Field(default_factory=list)
+    budgets: BudgetSettings = Field(default_factory=BudgetSettings)
+    rates: Rates = Field(default_factory=Rates, description="On-prem cost report: use × these prices.")
+
+    @field_validator("region")
+    @classmethod
+    def _region(cls, value: str) -> str:
+        if not _AWS_REGION.match(value):
+            raise ValueError(f"{value!r} is not an AWS region name such as eu-west-1 or us-east-2")
+        return value
+
+    @field_validator("vpc_cidr")
+    @classmethod
+    def _vpc(cls, value: str) -> str:
+        try:
+            net = ipaddress.IPv4Network(value, strict=True)
+        except ValueError as exc:
+            raise ValueError(f"{value!r} is not an IPv4 CIDR block such as 10.42.0.0/16 ({exc})") from None
+        if not 16 <= net.prefixlen <= 20 or not net.is_private:
+            raise ValueError(f"{value!r} must be a private range between /16 and /20, e.g. 10.42.0.0/16")
+        return value
 
     @field_validator("admin_cidrs")
     @classmethod
     def _cidrs(cls, value: list[str]) -> list[str]:
         for cidr in value:
             try:
-                ipaddress.ip_network(cidr, strict=True)
+                net = ipaddress.ip_network(cidr, strict=True)
             except ValueError as exc:
                 raise ValueError(f"{cidr!r} is not a CIDR block such as 192.0.2.0/24 ({exc})") from None
+            if net.prefixlen == 0:
+                raise ValueError(f"{cidr!r} opens SSH to the whole internet; list your admin networks instead")
         return value
 
-    @field_validator("budget_alert_emails")
+    @field_validator("ami")
     @classmethod
-    def _emails(cls, value: list[str]) -> list[str]:
-        return [check_email(v) for v in value]
+    def _ami(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^ami-[0-9a-f]{8,17}$", value):
+            raise ValueError(f"{value!r} is not an AMI id such as ami-0123456789abcdef0")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> CloudSection:
+        names = [t.name for t in self.tenants]
+        if dup := sorted({n for n in names if names.count(n) > 1}):
+            raise ValueError(f"tenant names must be unique; repeated: {', '.join(dup)}")
+        owner: dict[str, str] = {}
+        for tenant in self.tenants:
+            for group in tenant.groups:
+                if group in owner:
+                    raise ValueError(
+                        f"group {group!r} belongs to tenants {owner[group]!r} and {tenant.name!r}; "
+                        "a group's use is charged to one tenant"
+                    )
+                owner[group] = tenant.name
+        hosts = [h.name for h in self.hosts]
+        if dup := sorted({n for n in hosts if hosts.count(n) > 1}):
+            raise ValueError(f"cloud.hosts names must be unique; repeated: {', '.join(dup)}")
+        served = {g for h in self.hosts for g in h.groups}
+        if missing := [g for g in ("gateway", "hub", "directory", "db") if g not in served]:
+            raise ValueError(f"no cloud host serves {', '.join(missing)}; add the group(s) to a host in cloud.hosts")
+        return self
 
 
 # ---------------------------------------------------------------- the whole spec

@@ -1,0 +1,176 @@
+"""Stack outputs → an Ansible inventory in the same format as on-prem.
+
+``hosts.yml`` gets the same shape ``sciplat testbed up`` writes (``all.hosts`` with
+connection variables, ``all.children`` with one entry per host group), so
+``sciplat up --target aws`` runs the very same ``playbooks/site.yml``. The gateway is
+the SSH jump host (the only one with 22 open, to the admin CIDRs); the others are
+reached through it at their private addresses. Compute nodes come from the
+auto-scaling groups, looked up with boto3 because Pulumi does not know which
+instances an auto-scaling group launched.
+
+The managed services (buckets, EFS, RDS) become variables in
+``<inventory>/.sciplat/inventory/cloud.yml`` (``sciplat_cloud_*``).
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sciplat.cloud.config import DEBIAN_LOGIN
+
+CLOUD_VARS_FILE = "cloud.yml"
+
+
+@dataclass(frozen=True)
+class ComputeNode:
+    """One instance an auto-scaling group launched."""
+
+    pool: str
+    instance_id: str
+    private_ip: str
+    partitions: tuple[str, ...]
+
+    @property
+    def name(self) -> str:
+        return f"{self.pool}-{self.instance_id.removeprefix('i-')}"
+
+
+def compute_nodes(pools: Sequence[Mapping[str, Any]], region: str, session: Any = None) -> list[ComputeNode]:
+    """The running instances of each pool's auto-scaling group (boto3)."""
+    import boto3
+
+    session = session or boto3.session.Session(region_name=region)
+    autoscaling = session.client("autoscaling", region_name=region)
+    ec2 = session.client("ec2", region_name=region)
+    nodes: list[ComputeNode] = []
+    for pool in pools:
+        groups = autoscaling.describe_auto_scaling_groups(AutoScalingGroupNames=[pool["asg_name"]])
+        ids = [
+            i["InstanceId"]
+            for g in groups["AutoScalingGroups"]
+            for i in g.get("Instances", [])
+            if i.get("LifecycleState") in ("InService", "Pending")
+        ]
+        if not ids:
+            continue
+        for reservation in ec2.describe_instances(InstanceIds=ids)["Reservations"]:
+            for inst in reservation["Instances"]:
+                if inst.get("State", {}).get("Name") not in ("pending", "running"):
+                    continue
+                nodes.append(
+                    ComputeNode(
+                        pool=str(pool["name"]),
+                        instance_id=inst["InstanceId"],
+                        private_ip=inst["PrivateIpAddress"],
+                        partitions=tuple(pool.get("partitions") or ()),
+                    )
+                )
+    return sorted(nodes, key=lambda n: (n.pool, n.instance_id))
+
+
+def render_hosts_yml(
+    outputs: Mapping[str, Any],
+    nodes: Sequence[ComputeNode],
+    *,
+    private_key: Path,
+    known_hosts: Path,
+) -> str:
+    """The inventory text for the stack's hosts and compute nodes."""
+    user = str(outputs.get("ssh_user") or DEBIAN_LOGIN)
+    host_list = list(outputs["hosts"])
+    gateway = next((h for h in host_list if "gateway" in h["groups"]), None)
+    if gateway is None or not gateway.get("public_ip"):
+        raise ValueError("the stack outputs have no gateway host with a public address")
+    base_args = f"-o UserKnownHostsFile={shlex.quote(str(known_hosts))} -o StrictHostKeyChecking=accept-new"
+    jump = f"{base_args} -o ProxyCommand={shlex.quote(_proxy(user, gateway['public_ip'], private_key, known_hosts))}"
+
+    def conn(address: str, via_gateway: bool) -> dict[str, Any]:
+        return {
+            "ansible_host": address,
+            "ansible_user": user,
+            "ansible_become": True,
+            "ansible_ssh_private_key_file": str(private_key),
+            "ansible_ssh_common_args": jump if via_gateway else base_args,
+            "ansible_python_interpreter": "/usr/bin/python3",
+        }
+
+    hosts: dict[str, Any] = {}
+    children: dict[str, dict[str, Any]] = {}
+    for host in host_list:
+        is_gateway = host is gateway
+        hosts[host["name"]] = conn(host["public_ip"] if is_gateway else host["private_ip"], not is_gateway)
+        for group in host["groups"]:
+            children.setdefault(group, {"hosts": {}})["hosts"][host["name"]] = None
+    if outputs.get("rds") and "db" not in children:
+        # RDS serves the databases; the db group's tasks run from the first hub host.
+        hub = next(h["name"] for h in host_list if "hub" in h["groups"])
+        children["db"] = {"hosts": {hub: None}}
+    for node in nodes:
+        hosts[node.name] = conn(node.private_ip, True) | {
+            "sciplat_cloud_instance_id": node.instance_id,
+            "sciplat_cloud_partitions": list(node.partitions),
+        }
+        children.setdefault("compute", {"hosts": {}})["hosts"][node.name] = None
+    inventory: dict[str, Any] = {"all": {"hosts": hosts, "children": children}}
+    header = (
+        f"# Generated by `sciplat up --target aws` from the Pulumi stack of '{outputs.get('platform', '')}'.\n"
+        "# Do not edit: it is rewritten on every up. Put variables in group_vars/ and host_vars/.\n"
+    )
+    body = str(yaml.safe_dump(inventory, sort_keys=False, default_flow_style=False, width=1000))
+    return header + body.replace(": null\n", ":\n")
+
+
+def _proxy(user: str, address: str, key: Path, known_hosts: Path) -> str:
+    return (
+        f"ssh -W %h:%p -i {shlex.quote(str(key))} -o UserKnownHostsFile={shlex.quote(str(known_hosts))} "
+        f"-o StrictHostKeyChecking=accept-new {user}@{address}"
+    )
+
+
+def cloud_vars(outputs: Mapping[str, Any]) -> dict[str, Any]:
+    """Variables that tell the roles where the managed services are."""
+    buckets = outputs.get("buckets") or {}
+    homes = outputs.get("homes") or {}
+    return {
+        "sciplat_cloud_provider": "aws",
+        "sciplat_cloud_region": outputs.get("region"),
+        "sciplat_cloud_platform_bucket": buckets.get("platform"),
+        "sciplat_cloud_tenant_buckets": dict(buckets.get("tenants") or {}),
+        "sciplat_cloud_efs_id": homes.get("id"),
+        "sciplat_cloud_efs_dns_name": homes.get("dns_name"),
+        "sciplat_cloud_rds": outputs.get("rds"),
+        # for sciplat_hub.storage.aws: bucket prefix, IAM path, the boundary its IAM users must carry
+        "sciplat_cloud_storage_admin": outputs.get("storage_admin"),
+    }
+
+
+def write(
+    inventory_dir: Path,
+    outputs: Mapping[str, Any],
+    nodes: Sequence[ComputeNode],
+    *,
+    private_key: Path,
+) -> tuple[Path, Path]:
+    """Write hosts.yml and .sciplat/inventory/cloud.yml; return both paths."""
+    known_hosts = inventory_dir.resolve() / ".sciplat" / "ssh" / "known_hosts"
+    known_hosts.parent.mkdir(parents=True, exist_ok=True)
+    known_hosts.touch()
+    hosts_path = inventory_dir / "hosts.yml"
+    _write_if_changed(hosts_path, render_hosts_yml(outputs, nodes, private_key=private_key, known_hosts=known_hosts))
+    vars_path = inventory_dir / ".sciplat" / "inventory" / CLOUD_VARS_FILE
+    text = "# Rendered by sciplat from the Pulumi stack outputs on every `up --target aws`.\n"
+    text += yaml.safe_dump({"all": {"vars": cloud_vars(outputs)}}, sort_keys=True, default_flow_style=False)
+    _write_if_changed(vars_path, text)
+    return hosts_path, vars_path
+
+
+def _write_if_changed(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.is_file() or path.read_text() != text:
+        path.write_text(text)
