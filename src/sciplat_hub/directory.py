@@ -306,7 +306,7 @@ class Directory:
                 user=self.bind_dn,
                 password=self._password,
                 client_strategy=mock or ldap3.SYNC,
-                receive_timeout=self.timeout,
+                receive_timeout=int(self.timeout),
                 raise_exceptions=False,
                 read_only=False,
             )
@@ -582,7 +582,7 @@ class Directory:
             user=self._user_dn(username),
             password=password,
             client_strategy=self._mock_strategy or ldap3.SYNC,
-            receive_timeout=self.timeout,
+            receive_timeout=int(self.timeout),
             raise_exceptions=False,
         )
         try:
