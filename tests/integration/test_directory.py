@@ -84,7 +84,7 @@ def wait_for(check: Callable[[], Any], timeout: float = 20.0) -> Any:
 def alice(hub_py: Callable[[str], Any]) -> dict[str, Any]:
     hub_py("d.enable_user('dirtest-alice') if d.get_user('dirtest-alice') else None; out(None)")
     account = hub_py("out(d.ensure_user('dirtest-alice', display_name='Alice Test', email='alice@example.org'))")
-    hub_py("d.ensure_group('dirtest-team', description='directory test'); out(d.add_member('dirtest-team', 'dirtest-alice'))")
+    hub_py("d.ensure_group('dirtest-team', description='test'); out(d.add_member('dirtest-team', 'dirtest-alice'))")
     return dict(account)
 
 
@@ -113,7 +113,11 @@ def test_same_uid_on_every_host(name: str, alice: dict[str, Any], host_of: Calla
     assert fields[2:4] == [str(alice["uid"]), str(alice["gid"])], line
     assert fields[5:7] == ["/home/dirtest-alice", "/bin/bash"], line
 
-    groups = wait_for(lambda: "dirtest-team" in host.run("id -Gn dirtest-alice").stdout and host.run("id dirtest-alice"))
+    def id_with_team() -> Any:
+        result = host.run("id dirtest-alice")
+        return result if "(dirtest-team)" in result.stdout else None
+
+    groups = wait_for(id_with_team)
     assert groups, f"id dirtest-alice on {name} does not list dirtest-team"
     assert f"uid={alice['uid']}(dirtest-alice) gid={alice['gid']}(dirtest-alice)" in groups.stdout
     team = host.run("getent group dirtest-team")
@@ -161,7 +165,8 @@ import json, ssl, ldap3
 tls = ldap3.Tls(validate=ssl.CERT_REQUIRED, ca_certs_file='/etc/sciplat/pki/ca.crt')
 server = ldap3.Server('ldaps://{address_of(DIRECTORY)}:636', use_ssl=True, tls=tls)
 found = {{}}
-for who, dn, pw in [('anonymous', None, None), ('reader', 'cn=reader,{BASE_DN}', {secret("directory_reader_password")!r}),
+for who, dn, pw in [('anonymous', None, None),
+                    ('reader', 'cn=reader,{BASE_DN}', {secret("directory_reader_password")!r}),
                     ('provisioner', 'cn=provisioner,{BASE_DN}', {secret("directory_provisioner_password")!r})]:
     conn = ldap3.Connection(server, user=dn, password=pw, auto_bind=True)
     conn.search('ou=people,{BASE_DN}', '(uid=dirtest-bob)', attributes=['uid', 'uidNumber', 'userPassword'])
