@@ -109,6 +109,22 @@ SERVICES: list[Service] = [
         probe="curl -fsS --max-time 5 http://localhost:9113/metrics | grep -q '^nginx_up 1'",
         enabled_by=("monitor_enabled", "monitor_nginx_exporter_enabled"),
     ),
+    Service(
+        "slapd",
+        "directory",
+        "slapd.service",
+        636,
+        probe=(
+            "LDAPTLS_CACERT=/etc/sciplat/pki/ca.crt LDAPTLS_REQCERT=demand "
+            "ldapsearch -x -LLL -o nettimeout=5 -H ldaps://localhost -s base -b '' namingContexts >/dev/null"
+        ),
+    ),
+    Service(
+        "sssd",
+        "all",
+        "sssd.service",
+        probe="sssctl domain-status sciplat --online | grep -q 'Online status: Online'",
+    ),
 ]
 
 # Runs on each host with python3 (which Ansible needs anyway); prints one JSON document.
