@@ -302,6 +302,13 @@ def wait_healthy(host: Any, timeout: float) -> str:
     return health
 
 
+def reachable(host: Any) -> bool:
+    try:
+        return bool(host.run("true").rc == 0)
+    except RuntimeError:  # testinfra: ssh could not connect
+        return False
+
+
 def ceph_status_of(report: dict[str, Any]) -> dict[str, Any]:
     return next(s for s in report["hosts"][STORAGE]["services"] if s["name"] == "ceph")
 
@@ -341,7 +348,7 @@ def test_restarting_the_storage_host_keeps_the_data(
 
     data = host_of(STORAGE)
     deadline = time.monotonic() + 300
-    while data.run("true").rc != 0 and time.monotonic() < deadline:  # sshd back
+    while not reachable(data) and time.monotonic() < deadline:  # sshd back
         time.sleep(2)
     health = wait_healthy(data, max(30.0, deadline - time.monotonic()))
     assert health.startswith("HEALTH_OK"), health
