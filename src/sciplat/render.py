@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -52,6 +53,7 @@ def role_vars(spec: PlatformSpec, inventory_dir: Path) -> dict[str, Any]:
         "monitor_alert_routes": [route.model_dump() for route in spec.monitoring.alert_routes],
         "monitor_alert_email_from": f"alertmanager@{platform.domain}",
     }
+    values.update(storage_vars(spec))
     if tls.mode == "provided" and tls.provided is not None:
         provided = tls.provided
         values["pki_provided_cert_file"] = str((inventory_dir / provided.cert_file).resolve())
@@ -60,6 +62,27 @@ def role_vars(spec: PlatformSpec, inventory_dir: Path) -> dict[str, Any]:
             str((inventory_dir / provided.chain_file).resolve()) if provided.chain_file else ""
         )
     return values
+
+
+def s3_public_endpoint(spec: PlatformSpec) -> str:
+    """https://s3.<domain>, on the port of the public URL when it has one (a test bed)."""
+    port = urlsplit(spec.public_url).port
+    return f"https://s3.{spec.platform.domain}" + (f":{port}" if port and port != 443 else "")
+
+
+def storage_vars(spec: PlatformSpec) -> dict[str, Any]:
+    """The storage section: backend choice for every role, Ceph's settings for the ceph role."""
+    storage = spec.storage
+    return {
+        "sciplat_storage_backend": storage.backend,
+        "sciplat_storage_posix": storage.posix,
+        "ceph_redundancy": storage.redundancy,
+        "ceph_osd_devices": list(storage.osd_devices),
+        "ceph_rgw_public_endpoint": s3_public_endpoint(spec),
+        "ceph_user_quota": int(storage.user_quota),
+        "ceph_group_quota": int(storage.group_quota),
+        "ceph_home_quota": int(storage.home_quota),
+    }
 
 
 def write_inventory_source(spec: PlatformSpec, inventory_dir: Path) -> Path:

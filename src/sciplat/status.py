@@ -36,6 +36,7 @@ class Service:
     probe: str | None = None  # shell command on the host; exit 0 = healthy
     # host variables that turn the service off when false (e.g. monitoring.enabled: false)
     enabled_by: tuple[str, ...] = ()
+    report: bool = False  # show the probe's output also when healthy (e.g. HEALTH_OK)
 
 
 def service_enabled(service: Service, hostvars: dict[str, Any]) -> bool:
@@ -125,6 +126,34 @@ SERVICES: list[Service] = [
         "sssd.service",
         probe="sssctl domain-status sciplat --online | grep -q 'Online status: Online'",
     ),
+    # Ceph (storage.backend ceph): the cluster's own verdict, with Ceph's reasons
+    # when it is not HEALTH_OK; radosgw on every storage host; the CephFS
+    # mounts on the hub and compute hosts.
+    Service(
+        "ceph",
+        "storage",
+        "ceph.target",
+        probe='out=$(timeout 15 ceph --connect-timeout 10 health 2>&1); echo "$out"; '
+        'case "$out" in HEALTH_OK*) exit 0;; esac; exit 1',
+        report=True,
+    ),
+    Service(
+        "radosgw",
+        "storage",
+        "ceph-radosgw.target",
+        7480,
+        probe="curl -fsS -o /dev/null --max-time 5 http://127.0.0.1:7480/",
+    ),
+    *(
+        Service(
+            f"cephfs{where.replace('/', '-')}",
+            group,
+            f"{where[1:]}.mount",
+            probe=f"timeout 10 stat -f {where} >/dev/null",
+        )
+        for group in ("hub", "compute")
+        for where in ("/home", "/groups")
+    ),
 ]
 
 # Runs on each host with python3 (which Ansible needs anyway); prints one JSON document.
@@ -147,7 +176,7 @@ for c in checks:
     if c.get("probe"):
         code, text = run(c["probe"]) if state == "active" else (1, "not probed: unit " + state)
         item["probe"] = "ok" if code == 0 else "failed"
-        if code:
+        if code or (c.get("report") and text):
             item["detail"] = text
         healthy = healthy and code == 0
     item["healthy"] = healthy
@@ -206,7 +235,7 @@ def ssh_command(host: str, hostvars: dict[str, Any]) -> list[str]:
 
 
 def check_host(host: str, hostvars: dict[str, Any], services: list[Service]) -> dict[str, Any]:
-    checks = [{"name": s.name, "unit": s.unit, "port": s.port, "probe": s.probe} for s in services]
+    checks = [{"name": s.name, "unit": s.unit, "port": s.port, "probe": s.probe, "report": s.report} for s in services]
     remote = "python3 -c " + shlex.quote(_HOST_SCRIPT) + " " + shlex.quote(json.dumps(checks))
     try:
         done = subprocess.run([*ssh_command(host, hostvars), remote], capture_output=True, text=True, timeout=60)
@@ -241,6 +270,8 @@ def collect(inventory_dir: Path, public_url: str, platform_name: str) -> dict[st
     ca_cert = inventory_dir / "pki" / "ca.crt"
     plan = {
         host: [s for s in SERVICES if host in groups.get(s.group, []) and service_enabled(s, hostvars[host])]
+        # a host in several groups of one service (single-node: hub and compute) checks it once
+        host: list({(s.name, s.unit): s for s in SERVICES if host in groups.get(s.group, [])}.values())
         for host in sorted(hostvars)
     }
     with ThreadPoolExecutor(max_workers=16) as pool:

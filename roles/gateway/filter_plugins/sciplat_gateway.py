@@ -5,6 +5,13 @@ A declaration (docs/development.md, "Declarations") is a list of items
 named ``gateway_routes_<component>``. The role checks every item with
 ``sciplat_gateway_route_errors`` in its preflight and renders the completed
 items of ``sciplat_gateway_routes``.
+
+A component that needs a whole virtual server of its own (S3 signs the request
+path, so it cannot live under a path prefix that the proxy strips) declares it
+in ``gateway_servers_<component>``: items ``{name, server_name, upstreams,
+max_body, buffering}``; every request for ``server_name`` goes to the
+``upstreams`` (``http://host:port`` URLs, balanced). The pki role adds each
+``server_name`` to the gateway certificate.
 """
 
 from __future__ import annotations
@@ -117,6 +124,83 @@ def routes(declared: Iterable[Mapping[str, Any]], max_body: str) -> list[dict[st
     return sorted(completed, key=lambda r: (r["path"], r["name"]))
 
 
+_SERVER_REQUIRED = ("name", "server_name", "upstreams")
+_SERVER_OPTIONAL = ("max_body", "buffering")
+_SERVER_NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+$")
+_SERVER_UPSTREAM = re.compile(r"^http://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?):\d{1,5}$")
+
+
+def server_errors(servers: Any, main_server_name: str = "") -> list[str]:
+    """Every problem with the declared virtual servers, one message per problem."""
+    if servers is None:
+        return []
+    if not isinstance(servers, list):
+        return [f"gateway servers must be a list of mappings, got {type(servers).__name__}"]
+    errors: list[str] = []
+    names: set[str] = set()
+    server_names: set[str] = {main_server_name} if main_server_name else set()
+    for index, server in enumerate(servers):
+        label = _label(server, index).replace("route", "server")
+        if not isinstance(server, Mapping):
+            errors.append(f"{label}: must be a mapping, got {server!r}")
+            continue
+        for key in _SERVER_REQUIRED:
+            if key not in server:
+                errors.append(f"{label}: '{key}' is missing")
+        unknown = sorted(set(server) - set(_SERVER_REQUIRED) - set(_SERVER_OPTIONAL))
+        if unknown:
+            errors.append(f"{label}: unknown keys {unknown}; allowed are {sorted(_SERVER_REQUIRED + _SERVER_OPTIONAL)}")
+        name = server.get("name")
+        if name is not None:
+            if not isinstance(name, str) or not _NAME.match(name):
+                errors.append(f"{label}: 'name' must be letters, digits, '_', '.' or '-'")
+            elif name in names:
+                errors.append(f"{label}: the name is declared twice")
+            else:
+                names.add(name)
+        server_name = server.get("server_name")
+        if server_name is not None:
+            if not isinstance(server_name, str) or not _SERVER_NAME.match(server_name):
+                errors.append(f"{label}: 'server_name' {server_name!r} must be a DNS name such as s3.example.org")
+            elif server_name in server_names:
+                errors.append(f"{label}: 'server_name' {server_name!r} is already served")
+            else:
+                server_names.add(server_name)
+        upstreams = server.get("upstreams")
+        if upstreams is not None and (
+            not isinstance(upstreams, list)
+            or not upstreams
+            or not all(isinstance(u, str) and _SERVER_UPSTREAM.match(u) for u in upstreams)
+        ):
+            errors.append(f"{label}: 'upstreams' must be a non-empty list of URLs like http://10.0.0.5:7480")
+        if "buffering" in server and not isinstance(server["buffering"], bool):
+            errors.append(f"{label}: 'buffering' must be true or false, got {server['buffering']!r}")
+        if "max_body" in server and not (
+            isinstance(server["max_body"], (str, int))
+            and not isinstance(server["max_body"], bool)
+            and _SIZE.match(str(server["max_body"]))
+        ):
+            errors.append(f"{label}: 'max_body' {server['max_body']!r} must be an nginx size like 10m, or 0 (no limit)")
+    return errors
+
+
+def servers(declared: Iterable[Mapping[str, Any]], max_body: str) -> list[dict[str, Any]]:
+    """The declared virtual servers with every optional key filled in, sorted by server name."""
+    completed = []
+    for server in declared or []:
+        completed.append(
+            {
+                "name": server["name"],
+                "server_name": server["server_name"],
+                "upstream_id": "sciplat_" + re.sub(r"[^A-Za-z0-9_]", "_", str(server["name"])),
+                "upstreams": [str(u).removeprefix("http://") for u in server["upstreams"]],
+                "max_body": str(server.get("max_body", max_body)),
+                "buffering": bool(server.get("buffering", True)),
+            }
+        )
+    return sorted(completed, key=lambda s: (s["server_name"], s["name"]))
+
+
 class FilterModule:
     """sciplat gateway filters."""
 
@@ -124,4 +208,6 @@ class FilterModule:
         return {
             "sciplat_gateway_route_errors": route_errors,
             "sciplat_gateway_routes": routes,
+            "sciplat_gateway_server_errors": server_errors,
+            "sciplat_gateway_servers": servers,
         }
