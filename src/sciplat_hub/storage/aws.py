@@ -1,0 +1,595 @@
+"""AWS S3 backend of the storage admin interface (`storage.backend: s3`).
+
+What it makes, per platform user and group (all names start with the configured
+`prefix`, because S3 bucket names are global across every AWS account):
+
+- an IAM user `<prefix>-<username>` under the IAM path `/sciplat/<prefix>/`, tagged,
+  with one access key. AWS shows a secret key only once, when it is created, so the
+  backend keeps it in SSM Parameter Store (SecureString `<ssm_prefix>/<username>`)
+  and returns it from there on every later call. If that parameter is lost, the next
+  `ensure_user` makes a new key, stores it and deletes the old one.
+- a home bucket `<prefix>-home-<username>`, and an inline identity policy on the user
+  that allows object access to that bucket only;
+- a group bucket `<prefix>-group-<group>` and an IAM group `<prefix>-group-<group>`
+  whose inline policy allows object access to that bucket; the IAM group's members are
+  set to exactly the members given (those that have IAM users yet).
+
+Every bucket gets Block Public Access (all four settings), BucketOwnerEnforced object
+ownership, SSE-S3 default encryption, tags, and a bucket policy that denies requests
+not made over TLS.
+
+Quotas: S3 has no storage quota. The quota is recorded as the bucket tag
+`sciplat:quota-bytes`, and `enforce_quotas()` (run it from a timer; the module's
+command line `python -m sciplat_hub.storage.aws enforce-quotas` does) measures each
+managed bucket and, when it is over quota, adds a bucket-policy statement
+`SciplatQuotaExceeded` that denies s3:PutObject to everyone; it removes the statement
+once usage is below the quota again. So a quota is enforced with a delay (the timer's
+period) and a put is refused with AccessDenied, not QuotaExceeded; one put may
+overshoot by its own size. Usage is measured by listing the bucket (exact, one
+ListObjectsV2 page per 1000 objects) or, with `usage_source: cloudwatch`, from the
+daily CloudWatch storage metrics (free of request cost, up to ~48 h old).
+
+Configuration (`/etc/sciplat/storage/client.json`, `"backend": "aws"`):
+
+    {"backend": "aws", "region": "eu-central-1", "prefix": "sciplat-demo",
+     "endpoint": "https://s3.eu-central-1.amazonaws.com",        # optional
+     "ssm_prefix": "/sciplat/sciplat-demo/s3-keys",               # optional
+     "tags": {"sciplat:tenant": "astro"},                         # optional
+     "usage_source": "list" | "cloudwatch",                       # optional
+     "deny_insecure_transport": true,                             # optional
+     "access_key": "...", "secret_key": "..."}                    # optional: else
+                                                                  # boto3's chain
+                                                                  # (instance role)
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import boto3
+from botocore.exceptions import ClientError
+
+from sciplat_hub.storage.base import (
+    BucketUsage,
+    ObjectStore,
+    S3Credentials,
+    StorageError,
+    UserUsage,
+)
+
+QUOTA_TAG = "sciplat:quota-bytes"
+MANAGED_TAG = "sciplat:managed"
+QUOTA_SID = "SciplatQuotaExceeded"
+TLS_SID = "SciplatDenyInsecureTransport"
+USER_POLICY = "sciplat-home-bucket"
+GROUP_POLICY = "sciplat-group-bucket"
+DISABLED_POLICY = "sciplat-disabled"
+DENY_ALL = {
+    "Version": "2012-10-17",
+    "Statement": [{"Sid": "SciplatUserDisabled", "Effect": "Deny", "Action": "*", "Resource": "*"}],
+}
+
+# What a user may do in a bucket they have access to: objects and listing, not the
+# bucket's configuration (policy, tags, encryption, deletion of the bucket).
+OBJECT_ACTIONS = [
+    "s3:GetObject",
+    "s3:GetObjectVersion",
+    "s3:GetObjectAttributes",
+    "s3:PutObject",
+    "s3:DeleteObject",
+    "s3:DeleteObjectVersion",
+    "s3:AbortMultipartUpload",
+    "s3:ListMultipartUploadParts",
+]
+BUCKET_ACTIONS = ["s3:ListBucket", "s3:ListBucketVersions", "s3:ListBucketMultipartUploads", "s3:GetBucketLocation"]
+
+_PREFIX = re.compile(r"^[a-z0-9][a-z0-9-]{1,22}[a-z0-9]$")
+_NAME = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
+
+
+def bucket_access_policy(bucket: str) -> dict[str, Any]:
+    """The identity policy that gives object access to one bucket."""
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Sid": "ListTheBucket",
+                "Effect": "Allow",
+                "Action": BUCKET_ACTIONS,
+                "Resource": f"arn:aws:s3:::{bucket}",
+            },
+            {
+                "Sid": "ObjectsInTheBucket",
+                "Effect": "Allow",
+                "Action": OBJECT_ACTIONS,
+                "Resource": f"arn:aws:s3:::{bucket}/*",
+            },
+        ],
+    }
+
+
+def bucket_policy(bucket: str, *, over_quota: bool, deny_insecure_transport: bool) -> dict[str, Any] | None:
+    """The bucket policy: deny plain HTTP; while over quota, deny every put."""
+    statements: list[dict[str, Any]] = []
+    if deny_insecure_transport:
+        statements.append(
+            {
+                "Sid": TLS_SID,
+                "Effect": "Deny",
+                "Principal": "*",
+                "Action": "s3:*",
+                "Resource": [f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/*"],
+                "Condition": {"Bool": {"aws:SecureTransport": "false"}},
+            }
+        )
+    if over_quota:
+        statements.append(
+            {
+                "Sid": QUOTA_SID,
+                "Effect": "Deny",
+                "Principal": "*",
+                "Action": "s3:PutObject",
+                "Resource": f"arn:aws:s3:::{bucket}/*",
+            }
+        )
+    if not statements:
+        return None
+    return {"Version": "2012-10-17", "Statement": statements}
+
+
+def _code(error: ClientError) -> str:
+    return str(error.response.get("Error", {}).get("Code", ""))
+
+
+class AwsObjectStore(ObjectStore):
+    def __init__(
+        self,
+        *,
+        region: str,
+        prefix: str,
+        endpoint: str = "",
+        ssm_prefix: str = "",
+        tags: dict[str, str] | None = None,
+        usage_source: str = "list",
+        deny_insecure_transport: bool = True,
+        session: boto3.Session | None = None,
+    ) -> None:
+        if not _PREFIX.match(prefix):
+            raise StorageError(
+                f"storage prefix {prefix!r} is not usable in S3 bucket names: use 3 to 24 lower-case letters, "
+                "digits and dashes, starting and ending with a letter or digit (e.g. the platform name)"
+            )
+        if usage_source not in ("list", "cloudwatch"):
+            raise StorageError(f"usage_source must be 'list' or 'cloudwatch', not {usage_source!r}")
+        self.region = region
+        self.prefix = prefix
+        self.endpoint = endpoint or f"https://s3.{region}.amazonaws.com"
+        self.ssm_prefix = (ssm_prefix or f"/sciplat/{prefix}/s3-keys").rstrip("/")
+        self.iam_path = f"/sciplat/{prefix}/"
+        self.tags = {MANAGED_TAG: prefix, **(tags or {})}
+        self.usage_source = usage_source
+        self.deny_insecure_transport = deny_insecure_transport
+        session = session or boto3.Session(region_name=region)
+        self.iam = session.client("iam")
+        self.s3 = session.client("s3", region_name=region)
+        self.ssm = session.client("ssm", region_name=region)
+        self.cloudwatch = session.client("cloudwatch", region_name=region)
+
+    # ------------------------------------------------------------------ names
+
+    @staticmethod
+    def _check(kind: str, name: str) -> None:
+        if not _NAME.match(name):
+            raise StorageError(f"{kind} name {name!r} is not valid: expected ^[a-z][a-z0-9-]{{0,31}}$")
+
+    def iam_user(self, username: str) -> str:
+        self._check("user", username)
+        return f"{self.prefix}-{username}"
+
+    def iam_group(self, group: str) -> str:
+        self._check("group", group)
+        return f"{self.prefix}-group-{group}"
+
+    def home_bucket(self, username: str) -> str:
+        self._check("user", username)
+        return f"{self.prefix}-home-{username}"
+
+    def group_bucket(self, group: str) -> str:
+        self._check("group", group)
+        return f"{self.prefix}-group-{group}"
+
+    def _tag_list(self, extra: dict[str, str] | None = None) -> list[dict[str, str]]:
+        return [{"Key": k, "Value": v} for k, v in sorted({**self.tags, **(extra or {})}.items())]
+
+    # ------------------------------------------------------------------ users
+
+    def _user_exists(self, name: str) -> bool:
+        try:
+            self.iam.get_user(UserName=name)
+        except ClientError as error:
+            if _code(error) == "NoSuchEntity":
+                return False
+            raise
+        return True
+
+    def _key_parameter(self, username: str) -> str:
+        return f"{self.ssm_prefix}/{username}"
+
+    def _stored_key(self, username: str) -> dict[str, str] | None:
+        try:
+            value = self.ssm.get_parameter(Name=self._key_parameter(username), WithDecryption=True)
+        except ClientError as error:
+            if _code(error) == "ParameterNotFound":
+                return None
+            raise
+        try:
+            stored = json.loads(value["Parameter"]["Value"])
+        except ValueError:
+            return None
+        if isinstance(stored, dict) and {"access_key", "secret_key"} <= set(stored):
+            return {"access_key": str(stored["access_key"]), "secret_key": str(stored["secret_key"])}
+        return None
+
+    def _keys_of(self, name: str) -> list[dict[str, Any]]:
+        return list(self.iam.list_access_keys(UserName=name)["AccessKeyMetadata"])
+
+    def ensure_user(self, username: str, quota_bytes: int | None) -> S3Credentials:
+        name = self.iam_user(username)
+        try:
+            if not self._user_exists(name):
+                self.iam.create_user(UserName=name, Path=self.iam_path, Tags=self._tag_list({"sciplat:user": username}))
+            bucket = self.ensure_home_bucket(username)
+            self._put_identity_policy(name, USER_POLICY, bucket_access_policy(bucket))
+            self._set_quota_tag(bucket, quota_bytes)
+            keys = self._keys_of(name)
+            stored = self._stored_key(username)
+            current = next((k for k in keys if stored and k["AccessKeyId"] == stored["access_key"]), None)
+            if stored is None or current is None:
+                # The secret of any existing key is unknown: replace it. IAM allows two keys
+                # per user, so the old ones go first.
+                for key in keys:
+                    self.iam.delete_access_key(UserName=name, AccessKeyId=key["AccessKeyId"])
+                created = self.iam.create_access_key(UserName=name)["AccessKey"]
+                stored = {"access_key": created["AccessKeyId"], "secret_key": created["SecretAccessKey"]}
+                self.ssm.put_parameter(
+                    Name=self._key_parameter(username),
+                    Value=json.dumps(stored),
+                    Type="SecureString",
+                    Overwrite=True,
+                    Description=f"S3 access key of platform user {username} ({self.prefix})",
+                )
+            else:
+                for key in keys:
+                    if key["AccessKeyId"] != stored["access_key"]:
+                        self.iam.delete_access_key(UserName=name, AccessKeyId=key["AccessKeyId"])
+                if current["Status"] != "Active":
+                    self.iam.update_access_key(UserName=name, AccessKeyId=current["AccessKeyId"], Status="Active")
+            self._lift_disable(name)
+        except ClientError as error:
+            raise StorageError(f"AWS refused to set up S3 user {username} (IAM user {name}): {error}") from error
+        return S3Credentials(stored["access_key"], stored["secret_key"], self.endpoint, self.region)
+
+    def _put_identity_policy(self, user: str, name: str, document: dict[str, Any]) -> None:
+        text = json.dumps(document, sort_keys=True)
+        try:
+            current = self.iam.get_user_policy(UserName=user, PolicyName=name)["PolicyDocument"]
+            if isinstance(current, str):
+                current = json.loads(current)
+            if json.dumps(current, sort_keys=True) == text:
+                return
+        except ClientError as error:
+            if _code(error) != "NoSuchEntity":
+                raise
+        self.iam.put_user_policy(UserName=user, PolicyName=name, PolicyDocument=text)
+
+    def disable_user(self, username: str) -> None:
+        """Keys set Inactive, and an explicit deny-everything policy on the user.
+
+        The deny also stops temporary credentials the user may have made from the keys
+        with sts:GetSessionToken before (deactivating a key does not revoke those).
+        """
+        self._set_key_status(username, "Inactive")
+        try:
+            self._put_identity_policy(self.iam_user(username), DISABLED_POLICY, DENY_ALL)
+        except ClientError as error:
+            raise StorageError(f"AWS refused to disable {username}: {error}") from error
+
+    def enable_user(self, username: str) -> None:
+        self._set_key_status(username, "Active")
+        self._lift_disable(self.iam_user(username))
+
+    def _lift_disable(self, name: str) -> None:
+        try:
+            self.iam.delete_user_policy(UserName=name, PolicyName=DISABLED_POLICY)
+        except ClientError as error:
+            if _code(error) != "NoSuchEntity":
+                raise StorageError(f"AWS refused to enable IAM user {name}: {error}") from error
+
+    def _set_key_status(self, username: str, status: str) -> None:
+        name = self.iam_user(username)
+        try:
+            for key in self._keys_of(name):
+                if key["Status"] != status:
+                    self.iam.update_access_key(UserName=name, AccessKeyId=key["AccessKeyId"], Status=status)
+        except ClientError as error:
+            if _code(error) == "NoSuchEntity":
+                raise StorageError(f"S3 user {username} does not exist (no IAM user {name})") from error
+            raise StorageError(f"AWS refused to set the keys of {username} {status}: {error}") from error
+
+    # ------------------------------------------------------------------ buckets
+
+    def _ensure_bucket(self, bucket: str, extra_tags: dict[str, str]) -> None:
+        try:
+            self.s3.head_bucket(Bucket=bucket)
+            exists = True
+        except ClientError as error:
+            if _code(error) in ("404", "NoSuchBucket", "NotFound"):
+                exists = False
+            elif _code(error) in ("403", "AccessDenied"):
+                raise StorageError(
+                    f"bucket {bucket} exists but belongs to another AWS account (bucket names are global); "
+                    "choose another storage prefix"
+                ) from error
+            else:
+                raise
+        if not exists:
+            args: dict[str, Any] = {"Bucket": bucket, "ObjectOwnership": "BucketOwnerEnforced"}
+            if self.region != "us-east-1":
+                args["CreateBucketConfiguration"] = {"LocationConstraint": self.region}
+            self.s3.create_bucket(**args)
+        self.s3.put_public_access_block(
+            Bucket=bucket,
+            PublicAccessBlockConfiguration={
+                "BlockPublicAcls": True,
+                "IgnorePublicAcls": True,
+                "BlockPublicPolicy": True,
+                "RestrictPublicBuckets": True,
+            },
+        )
+        self.s3.put_bucket_encryption(
+            Bucket=bucket,
+            ServerSideEncryptionConfiguration={
+                "Rules": [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}, "BucketKeyEnabled": True}]
+            },
+        )
+        tags = self._bucket_tags(bucket) if exists else {}
+        wanted = {**tags, **self.tags, **extra_tags}
+        if wanted != tags:
+            self.s3.put_bucket_tagging(Bucket=bucket, Tagging={"TagSet": self._tags_to_list(wanted)})
+        # A quota mark set by enforce_quota stays until enforce_quota lifts it.
+        self._write_bucket_policy(bucket, over_quota=exists and self._over_quota_marked(bucket))
+
+    @staticmethod
+    def _tags_to_list(tags: dict[str, str]) -> list[dict[str, str]]:
+        return [{"Key": k, "Value": v} for k, v in sorted(tags.items())]
+
+    def _bucket_tags(self, bucket: str) -> dict[str, str]:
+        try:
+            tag_set = self.s3.get_bucket_tagging(Bucket=bucket)["TagSet"]
+        except ClientError as error:
+            if _code(error) in ("NoSuchTagSet", "NoSuchTagSetError"):
+                return {}
+            raise
+        return {t["Key"]: t["Value"] for t in tag_set}
+
+    def _current_policy(self, bucket: str) -> dict[str, Any] | None:
+        try:
+            return dict(json.loads(self.s3.get_bucket_policy(Bucket=bucket)["Policy"]))
+        except ClientError as error:
+            if _code(error) == "NoSuchBucketPolicy":
+                return None
+            raise
+
+    def _over_quota_marked(self, bucket: str) -> bool:
+        policy = self._current_policy(bucket) or {}
+        return any(s.get("Sid") == QUOTA_SID for s in policy.get("Statement", []))
+
+    def _write_bucket_policy(self, bucket: str, *, over_quota: bool) -> None:
+        wanted = bucket_policy(bucket, over_quota=over_quota, deny_insecure_transport=self.deny_insecure_transport)
+        current = self._current_policy(bucket)
+        if json.dumps(current, sort_keys=True) == json.dumps(wanted, sort_keys=True):
+            return
+        if wanted is None:
+            self.s3.delete_bucket_policy(Bucket=bucket)
+        else:
+            self.s3.put_bucket_policy(Bucket=bucket, Policy=json.dumps(wanted))
+
+    def _set_quota_tag(self, bucket: str, quota_bytes: int | None) -> None:
+        tags = self._bucket_tags(bucket)
+        wanted = dict(tags)
+        if quota_bytes is None:
+            wanted.pop(QUOTA_TAG, None)
+        else:
+            if quota_bytes < 0:
+                raise StorageError(f"quota of {bucket} must be >= 0 bytes or None, not {quota_bytes}")
+            wanted[QUOTA_TAG] = str(int(quota_bytes))
+        if wanted != tags:
+            self.s3.put_bucket_tagging(Bucket=bucket, Tagging={"TagSet": self._tags_to_list(wanted)})
+
+    def _quota_of(self, bucket: str) -> int | None:
+        value = self._bucket_tags(bucket).get(QUOTA_TAG)
+        return int(value) if value is not None else None
+
+    def ensure_home_bucket(self, username: str) -> str:
+        bucket = self.home_bucket(username)
+        try:
+            self._ensure_bucket(bucket, {"sciplat:user": username, "sciplat:kind": "home"})
+        except ClientError as error:
+            raise StorageError(f"AWS refused to set up home bucket {bucket}: {error}") from error
+        return bucket
+
+    def ensure_group_bucket(self, group: str, members: list[str], quota_bytes: int | None) -> str:
+        bucket = self.group_bucket(group)
+        iam_group = self.iam_group(group)
+        try:
+            self._ensure_bucket(bucket, {"sciplat:group": group, "sciplat:kind": "group"})
+            self._set_quota_tag(bucket, quota_bytes)
+            try:
+                self.iam.get_group(GroupName=iam_group)
+            except ClientError as error:
+                if _code(error) != "NoSuchEntity":
+                    raise
+                self.iam.create_group(GroupName=iam_group, Path=self.iam_path)
+            text = json.dumps(bucket_access_policy(bucket), sort_keys=True)
+            try:
+                current = self.iam.get_group_policy(GroupName=iam_group, PolicyName=GROUP_POLICY)["PolicyDocument"]
+                current_text = json.dumps(json.loads(current) if isinstance(current, str) else current, sort_keys=True)
+            except ClientError as error:
+                if _code(error) != "NoSuchEntity":
+                    raise
+                current_text = ""
+            if current_text != text:
+                self.iam.put_group_policy(GroupName=iam_group, PolicyName=GROUP_POLICY, PolicyDocument=text)
+            self._set_members(iam_group, members)
+        except ClientError as error:
+            raise StorageError(f"AWS refused to set up group bucket {bucket}: {error}") from error
+        return bucket
+
+    def _set_members(self, iam_group: str, members: Iterable[str]) -> None:
+        wanted = {self.iam_user(m) for m in members}
+        # Members who have not signed in yet have no IAM user; they are added when
+        # provisioning calls ensure_group_bucket again after their ensure_user.
+        wanted = {m for m in wanted if self._user_exists(m)}
+        current: set[str] = set()
+        for page in self.iam.get_paginator("get_group").paginate(GroupName=iam_group):
+            current |= {u["UserName"] for u in page["Users"]}
+        for name in sorted(wanted - current):
+            self.iam.add_user_to_group(GroupName=iam_group, UserName=name)
+        for name in sorted(current - wanted):
+            self.iam.remove_user_from_group(GroupName=iam_group, UserName=name)
+
+    # ------------------------------------------------------------------ quotas and usage
+
+    def set_user_quota(self, username: str, quota_bytes: int | None) -> None:
+        bucket = self.home_bucket(username)
+        try:
+            self._set_quota_tag(bucket, quota_bytes)
+            self.enforce_quota(bucket)
+        except ClientError as error:
+            raise StorageError(f"AWS refused to set the quota of {bucket}: {error}") from error
+
+    def set_group_quota(self, group: str, quota_bytes: int | None) -> None:
+        bucket = self.group_bucket(group)
+        try:
+            self._set_quota_tag(bucket, quota_bytes)
+            self.enforce_quota(bucket)
+        except ClientError as error:
+            raise StorageError(f"AWS refused to set the quota of {bucket}: {error}") from error
+
+    def bucket_usage(self, bucket: str) -> BucketUsage:
+        size, count = self._measure(bucket)
+        return BucketUsage(bucket, size, count, self._quota_of(bucket))
+
+    def _measure(self, bucket: str) -> tuple[int, int]:
+        if self.usage_source == "cloudwatch":
+            return self._measure_cloudwatch(bucket)
+        size = count = 0
+        for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+            for item in page.get("Contents", []):
+                size += int(item["Size"])
+                count += 1
+        return size, count
+
+    def _measure_cloudwatch(self, bucket: str) -> tuple[int, int]:
+        end = datetime.now(UTC)
+        values: list[int] = []
+        for metric, storage_type in (("BucketSizeBytes", "StandardStorage"), ("NumberOfObjects", "AllStorageTypes")):
+            answer = self.cloudwatch.get_metric_statistics(
+                Namespace="AWS/S3",
+                MetricName=metric,
+                Dimensions=[
+                    {"Name": "BucketName", "Value": bucket},
+                    {"Name": "StorageType", "Value": storage_type},
+                ],
+                StartTime=end - timedelta(days=3),
+                EndTime=end,
+                Period=86400,
+                Statistics=["Average"],
+            )
+            points = sorted(answer.get("Datapoints", []), key=lambda p: p["Timestamp"])
+            values.append(int(points[-1]["Average"]) if points else 0)
+        return values[0], values[1]
+
+    def usage(self, username: str) -> UserUsage:
+        bucket = self.home_bucket(username)
+        try:
+            home = self.bucket_usage(bucket)
+        except ClientError as error:
+            if _code(error) in ("NoSuchBucket", "404"):
+                return UserUsage(username, 0, 0, None, ())
+            raise StorageError(f"AWS refused to measure {bucket}: {error}") from error
+        return UserUsage(username, home.bytes_used, home.objects, home.quota_bytes, (home,))
+
+    def enforce_quota(self, bucket: str) -> bool:
+        """Deny puts to the bucket while it is over its quota; return whether it is."""
+        quota = self._quota_of(bucket)
+        over = False
+        if quota is not None:
+            size, _ = self._measure(bucket)
+            over = size >= quota
+        self._write_bucket_policy(bucket, over_quota=over)
+        return over
+
+    def managed_buckets(self) -> list[str]:
+        names = []
+        for bucket in self.s3.list_buckets().get("Buckets", []):
+            name = bucket["Name"]
+            if not name.startswith(f"{self.prefix}-home-") and not name.startswith(f"{self.prefix}-group-"):
+                continue
+            if self._bucket_tags(name).get(MANAGED_TAG) == self.prefix:
+                names.append(name)
+        return names
+
+    def enforce_quotas(self) -> dict[str, bool]:
+        """enforce_quota on every bucket this platform manages; {bucket: over quota}."""
+        return {bucket: self.enforce_quota(bucket) for bucket in self.managed_buckets()}
+
+
+def from_config(cfg: dict[str, Any]) -> ObjectStore:
+    """The AWS backend from the storage client.json (see the module docstring)."""
+    for key in ("region", "prefix"):
+        if not cfg.get(key):
+            raise StorageError(f"storage client configuration (backend aws) lacks {key!r}")
+    session = None
+    if cfg.get("access_key"):
+        session = boto3.Session(
+            aws_access_key_id=cfg["access_key"],
+            aws_secret_access_key=cfg.get("secret_key", ""),
+            region_name=cfg["region"],
+        )
+    return AwsObjectStore(
+        region=str(cfg["region"]),
+        prefix=str(cfg["prefix"]),
+        endpoint=str(cfg.get("endpoint", "")),
+        ssm_prefix=str(cfg.get("ssm_prefix", "")),
+        tags={str(k): str(v) for k, v in (cfg.get("tags") or {}).items()},
+        usage_source=str(cfg.get("usage_source", "list")),
+        deny_insecure_transport=bool(cfg.get("deny_insecure_transport", True)),
+        session=session,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m sciplat_hub.storage.aws enforce-quotas`: one enforcement pass (for a timer)."""
+    args = sys.argv[1:] if argv is None else argv
+    if args != ["enforce-quotas"]:
+        print("usage: python -m sciplat_hub.storage.aws enforce-quotas", file=sys.stderr)
+        return 2
+    from sciplat_hub.storage import config  # written by the storage (ceph) engineer
+
+    store = config.from_host_config()
+    if not isinstance(store, AwsObjectStore):
+        print("the storage backend of this host is not aws; nothing to enforce", file=sys.stderr)
+        return 2
+    for bucket, over in sorted(store.enforce_quotas().items()):
+        print(f"{bucket}: {'OVER QUOTA, puts denied' if over else 'ok'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
