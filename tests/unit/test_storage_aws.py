@@ -23,15 +23,13 @@ from collections.abc import Iterator
 from typing import Any
 
 import boto3
+import moto
 import pytest
 from botocore.exceptions import ClientError
+from moto import settings
+from moto.core.authorization import ActionAuthenticatorMixin
 
-moto = pytest.importorskip("moto")
-from moto import settings  # noqa: E402
-from moto.core.authorization import ActionAuthenticatorMixin  # noqa: E402
-
-from sciplat_hub.storage import StorageError  # noqa: E402
-from sciplat_hub.storage import aws  # noqa: E402
+from sciplat_hub.storage import StorageError, aws
 
 REGION = "eu-central-1"
 PREFIX = "sp-test"
