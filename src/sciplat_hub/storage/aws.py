@@ -575,9 +575,9 @@ def from_config(cfg: dict[str, Any]) -> ObjectStore:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m sciplat_hub.storage.aws enforce-quotas`: one enforcement pass (for a timer)."""
+    """`python -m sciplat_hub.storage.aws [enforce-quotas]`: one enforcement pass (for a timer)."""
     args = sys.argv[1:] if argv is None else argv
-    if args != ["enforce-quotas"]:
+    if args not in ([], ["enforce-quotas"]):
         print("usage: python -m sciplat_hub.storage.aws enforce-quotas", file=sys.stderr)
         return 2
     from sciplat_hub.storage import config  # written by the storage (ceph) engineer

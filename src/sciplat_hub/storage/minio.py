@@ -43,6 +43,7 @@ import base64
 import hashlib
 import hmac
 import json
+import os
 import re
 import ssl
 from typing import Any
@@ -137,6 +138,8 @@ class MinioObjectStore(ObjectStore):
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise StorageError(f"admin_endpoint must be an http(s) URL like https://host:9000, not {admin_endpoint!r}")
         secure = parts.scheme == "https"
+        if ca_file and not os.path.isfile(ca_file):
+            raise StorageError(f"ca_file {ca_file} does not exist: the platform CA (pki role) is missing")
         context = ssl.create_default_context(cafile=ca_file or None)
         http = urllib3.PoolManager(
             ssl_context=context if secure else None,
