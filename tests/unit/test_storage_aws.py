@@ -166,6 +166,27 @@ def test_moto_ensure_user_is_idempotent_and_keys_are_stable(env: dict[str, Any])
     client_for(first).put_object(Bucket=store.home_bucket("alice"), Key="k", Body=b"v")
 
 
+def test_moto_second_run_writes_nothing(env: dict[str, Any]) -> None:
+    store: aws.AwsObjectStore = env["store"]
+    calls: list[str] = []
+    for client in (store.iam, store.s3, store.ssm):
+        client.meta.events.register("before-call", lambda model, **_: calls.append(model.name))
+
+    def provision() -> None:
+        for user in ("alice", "bob"):
+            store.ensure_user(user, 2**30)
+            store.ensure_home_bucket(user)
+        store.ensure_group_bucket("lsst", ["alice", "bob"], 2**31)
+
+    provision()
+    assert any(name.startswith(("Create", "Put")) for name in calls)
+    calls.clear()
+    provision()
+    writes = [n for n in calls if n.startswith(("Create", "Put", "Delete", "Update", "Add", "Remove", "Attach"))]
+    assert writes == [], writes
+    assert calls  # it did look
+
+
 def test_moto_lost_secret_is_replaced_by_a_new_key(env: dict[str, Any]) -> None:
     store: aws.AwsObjectStore = env["store"]
     first = store.ensure_user("alice", None)

@@ -74,6 +74,9 @@ DENY_ALL = {
     "Statement": [{"Sid": "SciplatUserDisabled", "Effect": "Deny", "Action": "*", "Resource": "*"}],
 }
 
+PUBLIC_ACCESS_BLOCK = ("BlockPublicAcls", "IgnorePublicAcls", "BlockPublicPolicy", "RestrictPublicBuckets")
+ENCRYPTION_RULES = [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}, "BucketKeyEnabled": True}]
+
 # What a user may do in a bucket they have access to: objects and listing, not the
 # bucket's configuration (policy, tags, encryption, deletion of the bucket).
 OBJECT_ACTIONS = [
@@ -305,10 +308,10 @@ class AwsObjectStore(ObjectStore):
 
     def _lift_disable(self, name: str) -> None:
         try:
-            self.iam.delete_user_policy(UserName=name, PolicyName=DISABLED_POLICY)
+            if DISABLED_POLICY in self.iam.list_user_policies(UserName=name)["PolicyNames"]:
+                self.iam.delete_user_policy(UserName=name, PolicyName=DISABLED_POLICY)
         except ClientError as error:
-            if _code(error) != "NoSuchEntity":
-                raise StorageError(f"AWS refused to enable IAM user {name}: {error}") from error
+            raise StorageError(f"AWS refused to enable IAM user {name}: {error}") from error
 
     def _set_key_status(self, username: str, status: str) -> None:
         name = self.iam_user(username)
@@ -332,8 +335,8 @@ class AwsObjectStore(ObjectStore):
                 exists = False
             elif _code(error) in ("403", "AccessDenied"):
                 raise StorageError(
-                    f"bucket {bucket} exists but belongs to another AWS account (bucket names are global); "
-                    "choose another storage prefix"
+                    f"bucket {bucket} is not accessible: it belongs to another AWS account (bucket names are "
+                    "global: choose another storage prefix), or the admin credentials lack s3:ListBucket on it"
                 ) from error
             else:
                 raise
@@ -342,27 +345,34 @@ class AwsObjectStore(ObjectStore):
             if self.region != "us-east-1":
                 args["CreateBucketConfiguration"] = {"LocationConstraint": self.region}
             self.s3.create_bucket(**args)
-        self.s3.put_public_access_block(
-            Bucket=bucket,
-            PublicAccessBlockConfiguration={
-                "BlockPublicAcls": True,
-                "IgnorePublicAcls": True,
-                "BlockPublicPolicy": True,
-                "RestrictPublicBuckets": True,
-            },
-        )
-        self.s3.put_bucket_encryption(
-            Bucket=bucket,
-            ServerSideEncryptionConfiguration={
-                "Rules": [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}, "BucketKeyEnabled": True}]
-            },
-        )
+        block = {name: True for name in PUBLIC_ACCESS_BLOCK}
+        if not exists or self._public_access_block(bucket) != block:
+            self.s3.put_public_access_block(Bucket=bucket, PublicAccessBlockConfiguration=block)
+        if not exists or self._encryption_rules(bucket) != ENCRYPTION_RULES:
+            self.s3.put_bucket_encryption(Bucket=bucket, ServerSideEncryptionConfiguration={"Rules": ENCRYPTION_RULES})
         tags = self._bucket_tags(bucket) if exists else {}
         wanted = {**tags, **self.tags, **extra_tags}
         if wanted != tags:
             self.s3.put_bucket_tagging(Bucket=bucket, Tagging={"TagSet": self._tags_to_list(wanted)})
         # A quota mark set by enforce_quota stays until enforce_quota lifts it.
         self._write_bucket_policy(bucket, over_quota=exists and self._over_quota_marked(bucket))
+
+    def _public_access_block(self, bucket: str) -> dict[str, bool]:
+        try:
+            return dict(self.s3.get_public_access_block(Bucket=bucket)["PublicAccessBlockConfiguration"])
+        except ClientError as error:
+            if _code(error) == "NoSuchPublicAccessBlockConfiguration":
+                return {}
+            raise
+
+    def _encryption_rules(self, bucket: str) -> list[dict[str, Any]]:
+        try:
+            answer = self.s3.get_bucket_encryption(Bucket=bucket)
+        except ClientError as error:
+            if _code(error) == "ServerSideEncryptionConfigurationNotFoundError":
+                return []
+            raise
+        return list(answer["ServerSideEncryptionConfiguration"]["Rules"])
 
     @staticmethod
     def _tags_to_list(tags: dict[str, str]) -> list[dict[str, str]]:
