@@ -44,6 +44,7 @@ Configuration (`/etc/sciplat/storage/client.json`, `"backend": "aws"`):
 
 from __future__ import annotations
 
+import importlib
 import json
 import re
 import sys
@@ -590,9 +591,8 @@ def main(argv: list[str] | None = None) -> int:
     if args not in ([], ["enforce-quotas"]):
         print("usage: python -m sciplat_hub.storage.aws enforce-quotas", file=sys.stderr)
         return 2
-    from sciplat_hub.storage import config  # written by the storage (ceph) engineer
-
-    store = config.from_host_config()
+    # sciplat_hub.storage.config (the ceph component's) picks the backend from client.json.
+    store = importlib.import_module("sciplat_hub.storage.config").from_host_config()
     if not isinstance(store, AwsObjectStore):
         print("the storage backend of this host is not aws; nothing to enforce", file=sys.stderr)
         return 2

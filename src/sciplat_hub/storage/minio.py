@@ -51,7 +51,7 @@ from urllib.parse import urlsplit
 
 import urllib3
 from minio import Minio
-from minio.credentials import StaticProvider
+from minio.credentials.providers import StaticProvider
 from minio.error import MinioAdminException, S3Error
 from minio.minioadmin import MinioAdmin
 
@@ -332,7 +332,7 @@ class MinioObjectStore(ObjectStore):
 
     def bucket_usage(self, bucket: str) -> BucketUsage:
         try:
-            usage = json.loads(self.admin.get_data_usage_info()).get("bucketsUsageInfo") or {}
+            usage = json.loads(self.admin.get_data_usage_info())  # type: ignore[no-untyped-call].get("bucketsUsageInfo") or {}
             quota = self._bucket_quota(bucket)
         except MinioAdminException as error:
             raise StorageError(f"MinIO refused to report usage: {error}") from error
