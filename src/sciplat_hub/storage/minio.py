@@ -332,7 +332,8 @@ class MinioObjectStore(ObjectStore):
 
     def bucket_usage(self, bucket: str) -> BucketUsage:
         try:
-            usage = json.loads(self.admin.get_data_usage_info())  # type: ignore[no-untyped-call].get("bucketsUsageInfo") or {}
+            answer = self.admin.get_data_usage_info()  # type: ignore[no-untyped-call]
+            usage = json.loads(answer).get("bucketsUsageInfo") or {}
             quota = self._bucket_quota(bucket)
         except MinioAdminException as error:
             raise StorageError(f"MinIO refused to report usage: {error}") from error
