@@ -24,7 +24,9 @@ RELEASE = "RELEASE.2025-04-22T22-12-26Z"
 SECRETS = {"minio_root_password": "a-root-password-for-tests", "minio_user_key_seed": "00" * 32}
 
 
-def run_play(tmp_path: Path, hosts: dict[str, dict[str, Any]], tasks: list[dict[str, Any]], **extra: Any) -> Any:
+def run_play(
+    tmp_path: Path, hosts: dict[str, dict[str, Any]], tasks: list[dict[str, Any]], *options: str, **extra: Any
+) -> Any:
     inventory = {"all": {"children": {"storage": {"hosts": hosts}, "hub": {"hosts": {"hub1": {}}}}}}
     for host in [*hosts, "hub1"]:
         (hosts.get(host) or {}).setdefault("ansible_connection", "local")
@@ -49,6 +51,7 @@ def run_play(tmp_path: Path, hosts: dict[str, dict[str, Any]], tasks: list[dict[
             f"@{tmp_path / 'vars.json'}",
             "-e",
             f"ansible_python_interpreter={sys.executable}",
+            *options,
             str(tmp_path / "play.yml"),
         ],
         cwd=REPO,
@@ -177,6 +180,27 @@ def test_templates_single_node_multi_drive(tmp_path: Path) -> None:
     assert 'MINIO_SERVER_URL="https://s1:9000"' in env  # no public URL: the node itself
     client = json.loads((tmp_path / "client" / "client.json").read_text())
     assert client["admin_endpoint"] == client["endpoint"] == "https://s1:9000"
+
+
+def test_check_mode_on_a_new_host_does_not_fail(tmp_path: Path) -> None:
+    """The whole role in check mode against this machine (no MinIO, no pki files, nothing
+    changed: check mode writes nothing)."""
+    binary = tmp_path / "minio"
+    binary.write_text("#!/bin/sh\n")
+    tasks = [{"name": "the role", "ansible.builtin.include_role": {"name": "minio"}}]
+    result = run_play(
+        tmp_path,
+        {"s1": {"minio_drives": [str(tmp_path / "d1")]}},
+        tasks,
+        "--check",
+        "--diff",
+        minio_binary_local_path=str(binary),
+        minio_binary_release=RELEASE,
+    )
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert "failed=0" in result.stdout
+    assert not (tmp_path / "d1").exists()
+    assert "a-root-password-for-tests" not in result.stdout  # no_log on the environment file
 
 
 @pytest.mark.parametrize("path", sorted((ROLE / "tasks").glob("*.yml")), ids=lambda p: p.name)
