@@ -240,7 +240,7 @@ class Handler(BaseHTTPRequestHandler):
             self._send(200)
         elif command == "get-bucket-quota":
             if q["bucket"] not in st.quotas:
-                self._admin_error(404, "XMinioAdminBucketQuotaConfigNotFound", "Quota config does not exist")
+                self._admin_error(404, "XMinioAdminNoSuchQuotaConfiguration", "The quota configuration does not exist")
                 return
             size = st.quotas[q["bucket"]]
             self._send(200, json.dumps({"quota": size, "size": size, "quotatype": "hard"}).encode())
@@ -303,7 +303,8 @@ class Handler(BaseHTTPRequestHandler):
                 self._s3_error(403, "AccessDenied", "Access Denied.")
                 return
             used = sum(len(v) for k, v in st.buckets[bucket].items() if k != key)
-            if bucket in st.quotas and used + len(body) > st.quotas[bucket]:
+            # MinIO refuses when usage plus the new object reaches the quota (>=).
+            if bucket in st.quotas and used + len(body) >= st.quotas[bucket]:
                 self._s3_error(400, "XMinioAdminBucketQuotaExceeded", "Bucket quota exceeded")
                 return
             st.buckets[bucket][key] = body

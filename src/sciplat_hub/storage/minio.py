@@ -300,7 +300,8 @@ class MinioObjectStore(ObjectStore):
         try:
             answer = json.loads(self.admin.bucket_quota_get(bucket) or "{}")
         except MinioAdminException as error:
-            if _admin_code(error) in ("XMinioAdminBucketQuotaConfigNotFound", "NoSuchBucket"):
+            # MinIO answers 404 XMinioAdminNoSuchQuotaConfiguration for a bucket without one.
+            if _admin_status(error) == 404 or _admin_code(error) == "XMinioAdminNoSuchQuotaConfiguration":
                 return None
             raise
         size = int(answer.get("size") or answer.get("quota") or 0)
