@@ -9,15 +9,17 @@ What moto enforces and what it does not (moto 5.x, read in its source and checke
   enforced by moto, not just asserted on documents.
 - Bucket policies: moto applies a bucket-policy Deny only when its Principal is "*"
   and ignores its Condition keys (it has no request context), so the
-  deny-insecure-transport statement would deny everything under moto. The tests
-  switch that statement off (`deny_insecure_transport=False`) and check the document
-  itself instead. The quota statement (Principal "*", no condition) is enforced.
+  deny-insecure-transport and admit-only-owners statements would deny everything under
+  moto. The access tests switch them off and test_moto_bucket_policies_admit_exactly_
+  the_owners checks the documents moto stores, evaluated by the rule AWS documents for
+  StringNotLike. The quota statement (Principal "*", no condition) is enforced.
 - Anonymous requests crash moto's authorizer, and Block Public Access is stored but
   not enforced: the tests check the configuration that makes AWS refuse them.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import json
 from collections.abc import Iterator
 from typing import Any
@@ -57,6 +59,9 @@ def env(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
             iam.create_user(UserName="platform-admin")
             iam.put_user_policy(UserName="platform-admin", PolicyName="all", PolicyDocument=json.dumps(ADMIN_POLICY))
             key = iam.create_access_key(UserName="platform-admin")["AccessKey"]
+            state["session"] = boto3.Session(
+                aws_access_key_id=key["AccessKeyId"], aws_secret_access_key=key["SecretAccessKey"], region_name=REGION
+            )
             state["store"] = aws.from_config(
                 {
                     "backend": "aws",
@@ -65,7 +70,10 @@ def env(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
                     "access_key": key["AccessKeyId"],
                     "secret_key": key["SecretAccessKey"],
                     "tags": {"sciplat:tenant": "astro"},
-                    "deny_insecure_transport": False,  # moto cannot evaluate its condition (module docstring)
+                    # moto cannot evaluate these statements' conditions (module docstring):
+                    # test_moto_bucket_policies_admit_exactly_the_owners checks the documents.
+                    "deny_insecure_transport": False,
+                    "admit_only_owners": False,
                 }
             )
             yield state
@@ -237,6 +245,66 @@ def test_moto_buckets_are_private_encrypted_and_tagged(env: dict[str, Any]) -> N
     user = store.iam.get_user(UserName="sp-test-alice")["User"]
     assert user["Path"] == "/sciplat/sp-test/"
     assert store.managed_buckets() == [bucket]
+
+
+def _denied_by_admission(policy: dict[str, Any], principal_arn: str) -> bool:
+    """AWS's rule for the admission statement: Deny applies when aws:PrincipalArn is
+    StringNotLike every pattern (* and ? wildcards)."""
+    (statement,) = [s for s in policy["Statement"] if s["Sid"] == aws.ADMITTED_SID]
+    assert statement["Effect"] == "Deny" and statement["Principal"] == "*" and statement["Action"] == "s3:*"
+    patterns = statement["Condition"]["StringNotLike"]["aws:PrincipalArn"]
+    return not any(fnmatch.fnmatchcase(principal_arn, p) for p in patterns)
+
+
+def test_moto_bucket_policies_admit_exactly_the_owners(env: dict[str, Any]) -> None:
+    store = aws.AwsObjectStore(
+        region=REGION,
+        prefix=PREFIX,
+        deny_insecure_transport=True,
+        admit_only_owners=True,
+        session=env["session"],
+    )
+    for user in ("alice", "bob", "carol"):
+        store.ensure_user(user, None)
+    store.ensure_group_bucket("lsst", ["alice", "bob"], None)
+    arn = {u: store.iam.get_user(UserName=f"sp-test-{u}")["User"]["Arn"] for u in ("alice", "bob", "carol")}
+    account = arn["alice"].split(":")[4]
+    admin = store.sts.get_caller_identity()["Arn"]
+    outsider_admin = f"arn:aws:iam::{account}:role/account-admin"
+
+    home = json.loads(store.s3.get_bucket_policy(Bucket="sp-test-home-alice")["Policy"])
+    assert not _denied_by_admission(home, arn["alice"])
+    assert not _denied_by_admission(home, admin)
+    assert not _denied_by_admission(home, f"arn:aws:iam::{account}:root")
+    for other in (arn["bob"], arn["carol"], outsider_admin):
+        assert _denied_by_admission(home, other)
+
+    group = json.loads(store.s3.get_bucket_policy(Bucket="sp-test-group-lsst")["Policy"])
+    assert not _denied_by_admission(group, arn["alice"]) and not _denied_by_admission(group, arn["bob"])
+    assert _denied_by_admission(group, arn["carol"]) and _denied_by_admission(group, outsider_admin)
+    tls = next(s for s in group["Statement"] if s["Sid"] == aws.TLS_SID)
+    assert tls["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+
+    # Membership changes rewrite the admission; quota marks keep it.
+    store.ensure_group_bucket("lsst", ["alice", "carol"], 10)
+    group = json.loads(store.s3.get_bucket_policy(Bucket="sp-test-group-lsst")["Policy"])
+    assert _denied_by_admission(group, arn["bob"]) and not _denied_by_admission(group, arn["carol"])
+    store._write_bucket_policy("sp-test-group-lsst", over_quota=True)
+    group = json.loads(store.s3.get_bucket_policy(Bucket="sp-test-group-lsst")["Policy"])
+    assert {s["Sid"] for s in group["Statement"]} == {aws.TLS_SID, aws.ADMITTED_SID, aws.QUOTA_SID}
+    assert not _denied_by_admission(group, arn["carol"]) and _denied_by_admission(group, arn["bob"])
+
+
+def test_admin_patterns_match_the_role_behind_a_session() -> None:
+    patterns = aws.admin_patterns("arn:aws:sts::123456789012:assumed-role/sciplat-hub/i-0abc")
+    assert patterns == [
+        "arn:aws:iam::123456789012:root",
+        "arn:aws:iam::123456789012:role/sciplat-hub",
+        "arn:aws:iam::123456789012:role/*/sciplat-hub",
+    ]
+    assert fnmatch.fnmatchcase("arn:aws:iam::123456789012:role/platform/sciplat-hub", patterns[2])
+    assert aws.admin_patterns("arn:aws:iam::123456789012:user/admin")[1] == "arn:aws:iam::123456789012:user/admin"
+    assert aws.admin_patterns("arn:aws:iam::123456789012:root") == ["arn:aws:iam::123456789012:root"]
 
 
 def test_policy_documents() -> None:

@@ -16,7 +16,10 @@ What it makes, per platform user and group (all names start with the configured
 
 Every bucket gets Block Public Access (all four settings), BucketOwnerEnforced object
 ownership, SSE-S3 default encryption, tags, and a bucket policy that denies requests
-not made over TLS.
+not made over TLS and (`admit_only_owners`, on by default) denies every principal but
+the bucket's owner or the group's members and the platform's admin principals (the
+caller's user or role and the account root, or `admin_principals`), so the bucket
+policy itself admits exactly them, even against account-wide s3:* grants.
 
 Quotas: S3 has no storage quota. The quota is recorded as the bucket tag
 `sciplat:quota-bytes`, and `enforce_quotas()` (run it from a timer; the module's
@@ -37,6 +40,8 @@ Configuration (`/etc/sciplat/storage/client.json`, `"backend": "aws"`):
      "tags": {"sciplat:tenant": "astro"},                         # optional
      "usage_source": "list" | "cloudwatch",                       # optional
      "deny_insecure_transport": true,                             # optional
+     "admit_only_owners": true,                                   # optional
+     "admin_principals": ["arn:aws:iam::123456789012:role/x"],    # optional
      "access_key": "...", "secret_key": "..."}                    # optional: else
                                                                   # boto3's chain
                                                                   # (instance role)
@@ -67,6 +72,7 @@ QUOTA_TAG = "sciplat:quota-bytes"
 MANAGED_TAG = "sciplat:managed"
 QUOTA_SID = "SciplatQuotaExceeded"
 TLS_SID = "SciplatDenyInsecureTransport"
+ADMITTED_SID = "SciplatAdmitOnlyOwners"
 USER_POLICY = "sciplat-home-bucket"
 GROUP_POLICY = "sciplat-group-bucket"
 DISABLED_POLICY = "sciplat-disabled"
@@ -117,8 +123,21 @@ def bucket_access_policy(bucket: str) -> dict[str, Any]:
     }
 
 
-def bucket_policy(bucket: str, *, over_quota: bool, deny_insecure_transport: bool) -> dict[str, Any] | None:
-    """The bucket policy: deny plain HTTP; while over quota, deny every put."""
+def bucket_policy(
+    bucket: str,
+    *,
+    over_quota: bool,
+    deny_insecure_transport: bool,
+    admitted: list[str] | None = None,
+) -> dict[str, Any] | None:
+    """The bucket policy: deny plain HTTP; deny everyone but `admitted`; while over quota, deny puts.
+
+    `admitted` (principal ARN patterns: the owner or the group's members, and the
+    platform's admin principals) makes the bucket policy itself admit exactly them:
+    even an account administrator whose identity policy allows s3:* on everything is
+    denied. None leaves that statement out.
+    """
+    resources = [f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/*"]
     statements: list[dict[str, Any]] = []
     if deny_insecure_transport:
         statements.append(
@@ -127,8 +146,19 @@ def bucket_policy(bucket: str, *, over_quota: bool, deny_insecure_transport: boo
                 "Effect": "Deny",
                 "Principal": "*",
                 "Action": "s3:*",
-                "Resource": [f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/*"],
+                "Resource": resources,
                 "Condition": {"Bool": {"aws:SecureTransport": "false"}},
+            }
+        )
+    if admitted is not None:
+        statements.append(
+            {
+                "Sid": ADMITTED_SID,
+                "Effect": "Deny",
+                "Principal": "*",
+                "Action": "s3:*",
+                "Resource": resources,
+                "Condition": {"StringNotLike": {"aws:PrincipalArn": sorted(set(admitted))}},
             }
         )
     if over_quota:
@@ -146,6 +176,25 @@ def bucket_policy(bucket: str, *, over_quota: bool, deny_insecure_transport: boo
     return {"Version": "2012-10-17", "Statement": statements}
 
 
+def admin_patterns(caller_arn: str) -> list[str]:
+    """aws:PrincipalArn patterns that match the platform's admin (the caller) and the account root.
+
+    An assumed-role session (arn:aws:sts::A:assumed-role/R/session) is matched by its
+    role's ARN, arn:aws:iam::A:role/R or, with a path, arn:aws:iam::A:role/<path>/R.
+    """
+    parts = caller_arn.split(":", 5)
+    if len(parts) != 6:
+        raise StorageError(f"cannot read the admin principal ARN {caller_arn!r}")
+    partition, account, resource = parts[1], parts[4], parts[5]
+    patterns = [f"arn:{partition}:iam::{account}:root"]
+    if resource.startswith("assumed-role/"):
+        role = resource.split("/")[1]
+        patterns += [f"arn:{partition}:iam::{account}:role/{role}", f"arn:{partition}:iam::{account}:role/*/{role}"]
+    elif resource != "root":
+        patterns.append(caller_arn)
+    return patterns
+
+
 def _code(error: ClientError) -> str:
     return str(error.response.get("Error", {}).get("Code", ""))
 
@@ -161,6 +210,8 @@ class AwsObjectStore(ObjectStore):
         tags: dict[str, str] | None = None,
         usage_source: str = "list",
         deny_insecure_transport: bool = True,
+        admit_only_owners: bool = True,
+        admin_principals: list[str] | None = None,
         session: boto3.Session | None = None,
     ) -> None:
         if not _PREFIX.match(prefix):
@@ -178,11 +229,14 @@ class AwsObjectStore(ObjectStore):
         self.tags = {MANAGED_TAG: prefix, **(tags or {})}
         self.usage_source = usage_source
         self.deny_insecure_transport = deny_insecure_transport
+        self.admit_only_owners = admit_only_owners
+        self._admin_principals = list(admin_principals or [])
         session = session or boto3.Session(region_name=region)
         self.iam = session.client("iam")
         self.s3 = session.client("s3", region_name=region)
         self.ssm = session.client("ssm", region_name=region)
         self.cloudwatch = session.client("cloudwatch", region_name=region)
+        self.sts = session.client("sts", region_name=region)
 
     # ------------------------------------------------------------------ names
 
@@ -327,7 +381,7 @@ class AwsObjectStore(ObjectStore):
 
     # ------------------------------------------------------------------ buckets
 
-    def _ensure_bucket(self, bucket: str, extra_tags: dict[str, str]) -> None:
+    def _ensure_bucket(self, bucket: str, extra_tags: dict[str, str], owners: list[str]) -> None:
         try:
             self.s3.head_bucket(Bucket=bucket)
             exists = True
@@ -356,7 +410,7 @@ class AwsObjectStore(ObjectStore):
         if wanted != tags:
             self.s3.put_bucket_tagging(Bucket=bucket, Tagging={"TagSet": self._tags_to_list(wanted)})
         # A quota mark set by enforce_quota stays until enforce_quota lifts it.
-        self._write_bucket_policy(bucket, over_quota=exists and self._over_quota_marked(bucket))
+        self._write_bucket_policy(bucket, over_quota=None if exists else False, owners=owners)
 
     def _public_access_block(self, bucket: str) -> dict[str, bool]:
         try:
@@ -396,13 +450,39 @@ class AwsObjectStore(ObjectStore):
                 return None
             raise
 
-    def _over_quota_marked(self, bucket: str) -> bool:
-        policy = self._current_policy(bucket) or {}
-        return any(s.get("Sid") == QUOTA_SID for s in policy.get("Statement", []))
+    def admins(self) -> list[str]:
+        """Principal patterns always admitted: admin_principals, else the caller and the account root."""
+        if not self._admin_principals:
+            self._admin_principals = admin_patterns(self.sts.get_caller_identity()["Arn"])
+        return list(self._admin_principals)
 
-    def _write_bucket_policy(self, bucket: str, *, over_quota: bool) -> None:
-        wanted = bucket_policy(bucket, over_quota=over_quota, deny_insecure_transport=self.deny_insecure_transport)
+    def _user_arn(self, username: str) -> str | None:
+        try:
+            return str(self.iam.get_user(UserName=self.iam_user(username))["User"]["Arn"])
+        except ClientError as error:
+            if _code(error) == "NoSuchEntity":
+                return None
+            raise
+
+    def _write_bucket_policy(
+        self, bucket: str, *, over_quota: bool | None = None, owners: list[str] | None = None
+    ) -> None:
+        """Write the bucket policy; over_quota/owners None keep what the current one says."""
         current = self._current_policy(bucket)
+        statements = (current or {}).get("Statement", [])
+        if over_quota is None:
+            over_quota = any(s.get("Sid") == QUOTA_SID for s in statements)
+        admitted: list[str] | None = None
+        if self.admit_only_owners:
+            if owners is None:
+                kept = next((s for s in statements if s.get("Sid") == ADMITTED_SID), None)
+                values = kept["Condition"]["StringNotLike"]["aws:PrincipalArn"] if kept else []
+                admins = set(self.admins())
+                owners = [v for v in ([values] if isinstance(values, str) else values) if v not in admins]
+            admitted = self.admins() + owners
+        wanted = bucket_policy(
+            bucket, over_quota=over_quota, deny_insecure_transport=self.deny_insecure_transport, admitted=admitted
+        )
         if json.dumps(current, sort_keys=True) == json.dumps(wanted, sort_keys=True):
             return
         if wanted is None:
@@ -429,7 +509,8 @@ class AwsObjectStore(ObjectStore):
     def ensure_home_bucket(self, username: str) -> str:
         bucket = self.home_bucket(username)
         try:
-            self._ensure_bucket(bucket, {"sciplat:user": username, "sciplat:kind": "home"})
+            arn = self._user_arn(username)
+            self._ensure_bucket(bucket, {"sciplat:user": username, "sciplat:kind": "home"}, [arn] if arn else [])
         except ClientError as error:
             raise StorageError(f"AWS refused to set up home bucket {bucket}: {error}") from error
         return bucket
@@ -438,7 +519,10 @@ class AwsObjectStore(ObjectStore):
         bucket = self.group_bucket(group)
         iam_group = self.iam_group(group)
         try:
-            self._ensure_bucket(bucket, {"sciplat:group": group, "sciplat:kind": "group"})
+            for name in members:
+                self._check("user", name)
+            arns = [arn for arn in (self._user_arn(m) for m in sorted(set(members))) if arn]
+            self._ensure_bucket(bucket, {"sciplat:group": group, "sciplat:kind": "group"}, arns)
             self._set_quota_tag(bucket, quota_bytes)
             try:
                 self.iam.get_group(GroupName=iam_group)
@@ -543,7 +627,7 @@ class AwsObjectStore(ObjectStore):
         if quota is not None:
             size, _ = self._measure(bucket)
             over = size >= quota
-        self._write_bucket_policy(bucket, over_quota=over)
+        self._write_bucket_policy(bucket, over_quota=over)  # owners: kept as they are
         return over
 
     def managed_buckets(self) -> list[str]:
@@ -581,6 +665,8 @@ def from_config(cfg: dict[str, Any]) -> ObjectStore:
         tags={str(k): str(v) for k, v in (cfg.get("tags") or {}).items()},
         usage_source=str(cfg.get("usage_source", "list")),
         deny_insecure_transport=bool(cfg.get("deny_insecure_transport", True)),
+        admit_only_owners=bool(cfg.get("admit_only_owners", True)),
+        admin_principals=[str(p) for p in cfg.get("admin_principals") or []],
         session=session,
     )
 
