@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -162,6 +163,33 @@ def test_templates_distributed_erasure_coded_over_every_drive(tmp_path: Path) ->
     store = backend.from_config({**client, "ca_file": ""})
     assert isinstance(store, backend.MinioObjectStore)
     assert store.credentials("alice").endpoint == "https://s3.example.org"
+
+
+@pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="needs systemd-analyze")
+def test_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
+    """What the role's validate: runs, on the rendered unit (a stand-in executable as the
+    binary, since systemd checks that ExecStart exists)."""
+    binary = tmp_path / "minio"
+    binary.write_text("#!/bin/sh\n")
+    binary.chmod(0o755)
+    drive = tmp_path / "d1"
+    drive.mkdir()
+    result = run_play(
+        tmp_path,
+        {"s1": {"minio_drives": [str(drive)]}},
+        RENDER,
+        minio_binary_local_path=str(binary),
+        minio_binary_release=RELEASE,
+        __minio_binary=str(binary),
+        minio_user="root",
+    )
+    assert result.returncode == 0, result.stdout[-3000:]
+    unit = tmp_path / "unit" / "minio.service"
+    unit.parent.mkdir()
+    unit.write_text((tmp_path / "s1-minio.service").read_text())
+    verify = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60)
+    assert verify.returncode == 0, verify.stderr
+    assert f"ExecStart={binary} server" in unit.read_text()
 
 
 def test_templates_single_node_multi_drive(tmp_path: Path) -> None:
