@@ -185,7 +185,12 @@ class Handler(BaseHTTPRequestHandler):
             if q["name"] not in st.policies:
                 self._admin_error(404, "XMinioAdminNoSuchPolicy", "The canned policy does not exist")
                 return
-            self._send(200, json.dumps(st.policies[q["name"]]).encode())
+            # MinIO keeps actions and resources as sets: it echoes them reordered.
+            echoed = json.loads(json.dumps(st.policies[q["name"]]))
+            for statement in echoed["Statement"]:
+                statement["Action"] = sorted(statement["Action"], reverse=True)
+                statement["Resource"] = sorted(statement["Resource"], reverse=True)
+            self._send(200, json.dumps(echoed).encode())
         elif command == "set-user-or-group-policy":
             name, is_group, policy = q["userOrGroup"], q["isGroup"] == "true", q["policyName"]
             if policy not in st.policies:

@@ -244,3 +244,17 @@ def test_configuration_errors_name_the_fix() -> None:
         backend.from_config(
             {"backend": "minio", "admin_endpoint": "h:9000", "access_key": "a", "secret_key": "b", "key_seed": SEED}
         )
+
+
+def test_unreachable_server_is_a_storage_error() -> None:
+    store = backend.from_config(
+        {
+            "backend": "minio",
+            "admin_endpoint": "http://127.0.0.1:9",  # discard port: nothing listens
+            "access_key": ROOT_USER,
+            "secret_key": ROOT_PASSWORD,
+            "key_seed": SEED,
+        }
+    )
+    with pytest.raises(StorageError, match="MinIO"):
+        store.ensure_user("alice", None)

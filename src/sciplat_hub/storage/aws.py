@@ -49,16 +49,17 @@ Configuration (`/etc/sciplat/storage/client.json`, `"backend": "aws"`):
 
 from __future__ import annotations
 
+import functools
 import importlib
 import json
 import re
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import boto3
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
 from sciplat_hub.storage.base import (
     BucketUsage,
@@ -199,6 +200,24 @@ def _code(error: ClientError) -> str:
     return str(error.response.get("Error", {}).get("Code", ""))
 
 
+_T = TypeVar("_T")
+
+
+def _reported(method: Callable[..., _T]) -> Callable[..., _T]:
+    """AWS and network errors become StorageError naming the operation."""
+
+    @functools.wraps(method)
+    def wrapper(*args: Any, **kwargs: Any) -> _T:
+        try:
+            return method(*args, **kwargs)
+        except StorageError:
+            raise
+        except (ClientError, BotoCoreError) as error:
+            raise StorageError(f"AWS {method.__name__} failed: {error}") from error
+
+    return wrapper
+
+
 class AwsObjectStore(ObjectStore):
     def __init__(
         self,
@@ -296,6 +315,7 @@ class AwsObjectStore(ObjectStore):
     def _keys_of(self, name: str) -> list[dict[str, Any]]:
         return list(self.iam.list_access_keys(UserName=name)["AccessKeyMetadata"])
 
+    @_reported
     def ensure_user(self, username: str, quota_bytes: int | None) -> S3Credentials:
         name = self.iam_user(username)
         try:
@@ -345,6 +365,7 @@ class AwsObjectStore(ObjectStore):
                 raise
         self.iam.put_user_policy(UserName=user, PolicyName=name, PolicyDocument=text)
 
+    @_reported
     def disable_user(self, username: str) -> None:
         """Keys set Inactive, and an explicit deny-everything policy on the user.
 
@@ -357,6 +378,7 @@ class AwsObjectStore(ObjectStore):
         except ClientError as error:
             raise StorageError(f"AWS refused to disable {username}: {error}") from error
 
+    @_reported
     def enable_user(self, username: str) -> None:
         self._set_key_status(username, "Active")
         self._lift_disable(self.iam_user(username))
@@ -506,6 +528,7 @@ class AwsObjectStore(ObjectStore):
         value = self._bucket_tags(bucket).get(QUOTA_TAG)
         return int(value) if value is not None else None
 
+    @_reported
     def ensure_home_bucket(self, username: str) -> str:
         bucket = self.home_bucket(username)
         try:
@@ -515,6 +538,7 @@ class AwsObjectStore(ObjectStore):
             raise StorageError(f"AWS refused to set up home bucket {bucket}: {error}") from error
         return bucket
 
+    @_reported
     def ensure_group_bucket(self, group: str, members: list[str], quota_bytes: int | None) -> str:
         bucket = self.group_bucket(group)
         iam_group = self.iam_group(group)
@@ -560,6 +584,7 @@ class AwsObjectStore(ObjectStore):
 
     # ------------------------------------------------------------------ quotas and usage
 
+    @_reported
     def set_user_quota(self, username: str, quota_bytes: int | None) -> None:
         bucket = self.home_bucket(username)
         try:
@@ -568,6 +593,7 @@ class AwsObjectStore(ObjectStore):
         except ClientError as error:
             raise StorageError(f"AWS refused to set the quota of {bucket}: {error}") from error
 
+    @_reported
     def set_group_quota(self, group: str, quota_bytes: int | None) -> None:
         bucket = self.group_bucket(group)
         try:
@@ -576,6 +602,7 @@ class AwsObjectStore(ObjectStore):
         except ClientError as error:
             raise StorageError(f"AWS refused to set the quota of {bucket}: {error}") from error
 
+    @_reported
     def bucket_usage(self, bucket: str) -> BucketUsage:
         size, count = self._measure(bucket)
         return BucketUsage(bucket, size, count, self._quota_of(bucket))
@@ -610,6 +637,7 @@ class AwsObjectStore(ObjectStore):
             values.append(int(points[-1]["Average"]) if points else 0)
         return values[0], values[1]
 
+    @_reported
     def usage(self, username: str) -> UserUsage:
         bucket = self.home_bucket(username)
         try:
@@ -620,6 +648,7 @@ class AwsObjectStore(ObjectStore):
             raise StorageError(f"AWS refused to measure {bucket}: {error}") from error
         return UserUsage(username, home.bytes_used, home.objects, home.quota_bytes, (home,))
 
+    @_reported
     def enforce_quota(self, bucket: str) -> bool:
         """Deny puts to the bucket while it is over its quota; return whether it is."""
         quota = self._quota_of(bucket)
@@ -640,6 +669,7 @@ class AwsObjectStore(ObjectStore):
                 names.append(name)
         return names
 
+    @_reported
     def enforce_quotas(self) -> dict[str, bool]:
         """enforce_quota on every bucket this platform manages; {bucket: over quota}."""
         return {bucket: self.enforce_quota(bucket) for bucket in self.managed_buckets()}

@@ -40,13 +40,15 @@ Configuration (`/etc/sciplat/storage/client.json`, `"backend": "minio"`):
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import json
 import os
 import re
 import ssl
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import urllib3
@@ -90,6 +92,27 @@ def bucket_access_policy(bucket: str) -> dict[str, Any]:
     }
 
 
+def normalized_policy(document: Any) -> list[tuple[str, tuple[str, ...], tuple[str, ...], str]]:
+    """A policy as MinIO may echo it (actions and resources are sets to MinIO, so it
+    may reorder them or make lists of single strings): comparable across forms."""
+    if isinstance(document, dict) and "Policy" in document and "Statement" not in document:
+        document = document["Policy"]  # info-canned-policy?v=2 wraps it
+    statements = document.get("Statement", []) if isinstance(document, dict) else []
+    result = []
+    for statement in statements if isinstance(statements, list) else [statements]:
+        actions = statement.get("Action", [])
+        resources = statement.get("Resource", [])
+        result.append(
+            (
+                str(statement.get("Effect", "")),
+                tuple(sorted([actions] if isinstance(actions, str) else actions)),
+                tuple(sorted([resources] if isinstance(resources, str) else resources)),
+                json.dumps(statement.get("Condition", {}), sort_keys=True),
+            )
+        )
+    return sorted(result)
+
+
 def access_key_of(username: str) -> str:
     if not _NAME.match(username):
         raise StorageError(f"user name {username!r} is not valid: expected ^[a-z][a-z0-9-]{{0,31}}$")
@@ -118,6 +141,24 @@ def _admin_status(error: MinioAdminException) -> int:
         return int(error._code)
     except (ValueError, AttributeError):
         return 0
+
+
+_T = TypeVar("_T")
+
+
+def _reported(method: Callable[..., _T]) -> Callable[..., _T]:
+    """Errors of the server or the network become StorageError naming the operation."""
+
+    @functools.wraps(method)
+    def wrapper(*args: Any, **kwargs: Any) -> _T:
+        try:
+            return method(*args, **kwargs)
+        except StorageError:
+            raise
+        except (MinioAdminException, S3Error, urllib3.exceptions.HTTPError, OSError) as error:
+            raise StorageError(f"MinIO {method.__name__} failed: {error}") from error
+
+    return wrapper
 
 
 class MinioObjectStore(ObjectStore):
@@ -192,6 +233,7 @@ class MinioObjectStore(ObjectStore):
             return error.code not in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied")
         return True
 
+    @_reported
     def ensure_user(self, username: str, quota_bytes: int | None) -> S3Credentials:
         creds = self.credentials(username)
         policy = f"sciplat-home-{username}"
@@ -212,20 +254,18 @@ class MinioObjectStore(ObjectStore):
 
     def _ensure_policy(self, name: str, document: dict[str, Any]) -> None:
         try:
-            current = json.loads(self.admin.policy_info(name))
-            # Newer servers wrap it: {"PolicyName": …, "Policy": {…}}.
-            if isinstance(current, dict) and "Policy" in current and "Statement" not in current:
-                current = current["Policy"]
-            if json.dumps(current, sort_keys=True) == json.dumps(document, sort_keys=True):
+            if normalized_policy(json.loads(self.admin.policy_info(name))) == normalized_policy(document):
                 return
         except MinioAdminException as error:
             if _admin_status(error) != 404 and _admin_code(error) != "XMinioAdminNoSuchPolicy":
                 raise
         self.admin.policy_add(name, policy=document)
 
+    @_reported
     def disable_user(self, username: str) -> None:
         self._set_status(username, enabled=False)
 
+    @_reported
     def enable_user(self, username: str) -> None:
         self._set_status(username, enabled=True)
 
@@ -255,12 +295,14 @@ class MinioObjectStore(ObjectStore):
             if error.code != "BucketAlreadyOwnedByYou":
                 raise StorageError(f"MinIO refused to make bucket {bucket}: {error}") from error
 
+    @_reported
     def ensure_home_bucket(self, username: str) -> str:
         access_key_of(username)
         bucket = home_bucket(username)
         self._ensure_bucket(bucket)
         return bucket
 
+    @_reported
     def ensure_group_bucket(self, group: str, members: list[str], quota_bytes: int | None) -> str:
         _check_group(group)
         bucket = group_bucket(group)
@@ -317,6 +359,7 @@ class MinioObjectStore(ObjectStore):
         else:
             self.admin.bucket_quota_set(bucket, quota_bytes)
 
+    @_reported
     def set_user_quota(self, username: str, quota_bytes: int | None) -> None:
         access_key_of(username)
         try:
@@ -324,6 +367,7 @@ class MinioObjectStore(ObjectStore):
         except MinioAdminException as error:
             raise StorageError(f"MinIO refused to set the quota of {username}: {error}") from error
 
+    @_reported
     def set_group_quota(self, group: str, quota_bytes: int | None) -> None:
         _check_group(group)
         try:
@@ -331,6 +375,7 @@ class MinioObjectStore(ObjectStore):
         except MinioAdminException as error:
             raise StorageError(f"MinIO refused to set the quota of group {group}: {error}") from error
 
+    @_reported
     def bucket_usage(self, bucket: str) -> BucketUsage:
         try:
             answer = self.admin.get_data_usage_info()  # type: ignore[no-untyped-call]
@@ -341,6 +386,7 @@ class MinioObjectStore(ObjectStore):
         entry = usage.get(bucket) or {}
         return BucketUsage(bucket, int(entry.get("size", 0)), int(entry.get("objectsCount", 0)), quota)
 
+    @_reported
     def usage(self, username: str) -> UserUsage:
         access_key_of(username)
         home = self.bucket_usage(home_bucket(username))
