@@ -232,6 +232,13 @@ def test_moto_quota_enforcement_denies_puts_while_over_and_lifts_after(env: dict
     assert store.usage("alice").quota_bytes is None
 
 
+def test_moto_usage_of_a_user_without_a_bucket_is_zero(env: dict[str, Any]) -> None:
+    store: aws.AwsObjectStore = env["store"]
+    assert store.usage("nobody") == aws.UserUsage("nobody", 0, 0, None, ())
+    with pytest.raises(StorageError, match="bucket_usage"):
+        store.bucket_usage("sp-test-home-nobody")
+
+
 def test_moto_buckets_are_private_encrypted_and_tagged(env: dict[str, Any]) -> None:
     store: aws.AwsObjectStore = env["store"]
     store.ensure_user("alice", 123)

@@ -604,6 +604,9 @@ class AwsObjectStore(ObjectStore):
 
     @_reported
     def bucket_usage(self, bucket: str) -> BucketUsage:
+        return self._bucket_usage(bucket)
+
+    def _bucket_usage(self, bucket: str) -> BucketUsage:
         size, count = self._measure(bucket)
         return BucketUsage(bucket, size, count, self._quota_of(bucket))
 
@@ -641,7 +644,7 @@ class AwsObjectStore(ObjectStore):
     def usage(self, username: str) -> UserUsage:
         bucket = self.home_bucket(username)
         try:
-            home = self.bucket_usage(bucket)
+            home = self._bucket_usage(bucket)
         except ClientError as error:
             if _code(error) in ("NoSuchBucket", "404"):
                 return UserUsage(username, 0, 0, None, ())
