@@ -44,6 +44,7 @@ def role_vars(spec: PlatformSpec, inventory_dir: Path) -> dict[str, Any]:
         "monitor_alert_routes": [route.model_dump() for route in spec.monitoring.alert_routes],
         "monitor_alert_email_from": f"alertmanager@{platform.domain}",
     }
+    values.update(_slurm_vars(spec))
     if tls.mode == "provided" and tls.provided is not None:
         provided = tls.provided
         values["pki_provided_cert_file"] = str((inventory_dir / provided.cert_file).resolve())
@@ -52,6 +53,25 @@ def role_vars(spec: PlatformSpec, inventory_dir: Path) -> dict[str, Any]:
             str((inventory_dir / provided.chain_file).resolve()) if provided.chain_file else ""
         )
     return values
+
+
+def _slurm_vars(spec: PlatformSpec) -> dict[str, Any]:
+    """compute: partitions and default limits for the slurm_controller role."""
+    compute = spec.compute
+    limits = compute.default_limits
+    return {
+        # Slurm names accounting tables after the cluster: letters, digits, '_'
+        "slurm_controller_cluster_name": spec.platform.name.replace("-", "_")[:40],
+        "slurm_controller_partitions": [
+            {"name": p.name, "max_time": int(p.max_time), "default": p.default} for p in compute.partitions
+        ],
+        "slurm_controller_default_limits": {
+            "cpus": limits.cpus,
+            "memory_mb": int(limits.memory) // 1024**2,
+            "max_jobs": limits.max_jobs,
+            "max_wall_minutes": (int(limits.max_wall) + 59) // 60,
+        },
+    }
 
 
 def write_inventory_source(spec: PlatformSpec, inventory_dir: Path) -> Path:

@@ -86,6 +86,39 @@ SERVICES: list[Service] = [
         9187,
         probe="curl -fsS --max-time 5 http://localhost:9187/metrics | grep -q '^pg_up 1'",
     ),
+    # Slurm: the controller, accounting, every node's state (printed by the probes).
+    Service("munge", "slurm_controller", "munge.service"),
+    Service("munge", "compute", "munge.service"),
+    Service(
+        "slurmdbd",
+        "slurm_controller",
+        "slurmdbd.service",
+        6819,
+        probe="sacctmgr --noheader --parsable2 show cluster format=cluster >/dev/null",
+    ),
+    Service("slurmctld", "slurm_controller", "slurmctld.service", 6817, probe="scontrol ping | grep -q 'is UP'"),
+    Service(
+        "slurm-nodes",
+        "slurm_controller",
+        "slurmctld.service",
+        # every node with its state; unhealthy when one is down or not responding (drained is maintenance)
+        probe="sinfo -h -N -o '%N=%T' | sort -u | tr '\\n' ' '; ! sinfo -h -N -o '%T' | grep -qE 'down|fail|\\*'",
+    ),
+    Service(
+        "slurmd",
+        "compute",
+        "slurmd.service",
+        6818,
+        probe="s=$(sinfo -h -N -n \"$(hostname -s)\" -o '%T' | head -n1); echo \"node $s\"; "
+        "case \"$s\" in ''|*down*|*fail*|*'*') exit 1;; esac",
+    ),
+    Service(
+        "slurm_exporter",
+        "slurm_controller",
+        "sciplat-slurm-exporter.service",
+        9341,
+        probe="curl -fsS --max-time 10 http://localhost:9341/metrics | grep -q '^slurm_up 1'",
+    ),
 ]
 
 # Runs on each host with python3 (which Ansible needs anyway); prints one JSON document.
@@ -108,7 +141,7 @@ for c in checks:
     if c.get("probe"):
         code, text = run(c["probe"]) if state == "active" else (1, "not probed: unit " + state)
         item["probe"] = "ok" if code == 0 else "failed"
-        if code:
+        if code or text:
             item["detail"] = text
         healthy = healthy and code == 0
     item["healthy"] = healthy

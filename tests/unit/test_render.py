@@ -59,3 +59,26 @@ def test_sizes_parse_and_format() -> None:
     assert parse_size("1.5 TB") == 1_500_000_000_000
     assert format_size(parse_size("2TiB")) == "2TiB"
     assert parse_duration("15d") == 15 * 86400
+
+
+def test_compute_section_becomes_slurm_controller_variables() -> None:
+    values = role_vars(
+        spec(
+            compute={
+                "partitions": [{"name": "short", "max_time": "1h", "default": True}, {"name": "long", "max_time": "7d"}],
+                "default_limits": {"cpus": 4, "memory": "16GiB", "max_jobs": 10, "max_wall": "90s"},
+            }
+        ),
+        Path("/inv"),
+    )
+    assert values["slurm_controller_cluster_name"] == "lab"
+    assert values["slurm_controller_partitions"] == [
+        {"name": "short", "max_time": 3600, "default": True},
+        {"name": "long", "max_time": 7 * 86400, "default": False},
+    ]
+    assert values["slurm_controller_default_limits"] == {
+        "cpus": 4,
+        "memory_mb": 16384,
+        "max_jobs": 10,
+        "max_wall_minutes": 2,
+    }
