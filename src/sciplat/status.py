@@ -109,7 +109,7 @@ SERVICES: list[Service] = [
         "compute",
         "slurmd.service",
         6818,
-        probe="s=$(sinfo -h -N -n \"$(hostname -s)\" -o '%T' | head -n1); echo \"node $s\"; "
+        probe='s=$(sinfo -h -N -n "$(hostname -s)" -o \'%T\' | head -n1); echo "node $s"; '
         "case \"$s\" in ''|*down*|*fail*|*'*') exit 1;; esac",
     ),
     Service(

@@ -135,7 +135,16 @@ def explain(reason: str, *, allocation: dict[str, Any] | None = None) -> str:
 
 def allocation_of(account: str) -> dict[str, Any] | None:
     try:
-        text = _run(["sshare", "--noheader", "--parsable2", "--accounts", account, "--format=Account,User,GrpTRESMins,GrpTRESRaw"])
+        text = _run(
+            [
+                "sshare",
+                "--noheader",
+                "--parsable2",
+                "--accounts",
+                account,
+                "--format=Account,User,GrpTRESMins,GrpTRESRaw",
+            ]
+        )
     except JobError:
         return None
     for line in text.splitlines():
@@ -172,7 +181,9 @@ def job_info(job_id: str) -> dict[str, Any]:
     line = queue.strip().splitlines()[0] if queue.strip() else ""
     if line:
         state, reason, nodes, account, limit, cpus, comment = (line.split("|") + [""] * 7)[:7]
-        info.update(state=state, reason=reason, node=nodes, account=account, time_limit=limit, cpus=cpus, comment=comment)
+        info.update(
+            state=state, reason=reason, node=nodes, account=account, time_limit=limit, cpus=cpus, comment=comment
+        )
     acct = _run(
         [
             "sacct",
@@ -286,7 +297,7 @@ def submit(args: argparse.Namespace) -> dict[str, Any]:
         "--parameters",
         json.dumps(parameters),
     ]
-    script = "#!/bin/sh\n" f"exec {shlex.join(inner)}\n"
+    script = f"#!/bin/sh\nexec {shlex.join(inner)}\n"
     command = [
         "sbatch",
         "--parsable",
@@ -329,11 +340,16 @@ def execute(notebook: str, parameters: str) -> int:
     """Inside the job: papermill, then a status file that says how it went."""
     job_id = os.environ.get("SLURM_JOB_ID", "local")
     files = paths_for(Path(notebook), job_id)
-    status: dict[str, Any] = {"job_id": job_id, "input": notebook, "output": files["output"], "host": os.uname().nodename}
+    status: dict[str, Any] = {
+        "job_id": job_id,
+        "input": notebook,
+        "output": files["output"],
+        "host": os.uname().nodename,
+    }
     started = time.time()
     try:
-        import papermill  # noqa: PLC0415 - only in the job, where the platform venv has it
-        from papermill.exceptions import PapermillExecutionError  # noqa: PLC0415
+        import papermill
+        from papermill.exceptions import PapermillExecutionError
     except ImportError:
         print("sciplat-job: papermill is not installed on this node (platform_code role)", file=sys.stderr)
         return 2
@@ -481,7 +497,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             else:
                 print(f"{'job':>8}  {'state':<12} {'elapsed':>10}  {'node':<8} notebook")
                 for job in jobs:
-                    print(f"{job['job_id']:>8}  {job['state']:<12} {job['elapsed']:>10}  {job['node']:<8} {job['notebook']}")
+                    row = f"{job['job_id']:>8}  {job['state']:<12} {job['elapsed']:>10}  {job['node']:<8}"
+                    print(f"{row} {job['notebook']}")
             return 0
     except JobError as exc:
         print(f"sciplat-job: {exc}", file=sys.stderr)

@@ -102,9 +102,7 @@ class Allocation:
             "account": self.account,
             "awarded_core_hours": self.awarded_core_hours,
             "used_core_hours": round(self.used_core_hours, 3),
-            "remaining_core_hours": None
-            if self.remaining_core_hours is None
-            else round(self.remaining_core_hours, 3),
+            "remaining_core_hours": None if self.remaining_core_hours is None else round(self.remaining_core_hours, 3),
             "until": self.until,
             "users": {user: round(hours, 3) for user, hours in sorted(self.users.items())},
         }
@@ -233,7 +231,14 @@ class SlurmAccounts:
             args.append(f"MaxWall={max_wall_minutes}")
         if args:
             self._modify(
-                "modify", "user", "where", f"name={username}", f"account={account}", f"cluster={self.cluster}", "set", *args
+                "modify",
+                "user",
+                "where",
+                f"name={username}",
+                f"account={account}",
+                f"cluster={self.cluster}",
+                "set",
+                *args,
             )
 
     def set_allocation(self, group: str, core_hours: float, *, until: dt.date | None = None) -> Allocation:

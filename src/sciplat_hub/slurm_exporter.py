@@ -22,7 +22,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 # Commands, with parseable output (fields separated by '|').
 SINFO = ["sinfo", "--noheader", "--Node", "--format=%N|%T|%c|%m|%O|%e|%C|%E"]
 SQUEUE = ["squeue", "--noheader", "--all", "--format=%T|%P|%a|%u|%C|%r"]
-SSHARE = ["sshare", "--noheader", "--parsable2", "--all", "--format=Account,User,RawShares,FairShare,GrpTRESMins,GrpTRESRaw"]
+SSHARE = [
+    "sshare",
+    "--noheader",
+    "--parsable2",
+    "--all",
+    "--format=Account,User,RawShares,FairShare,GrpTRESMins,GrpTRESRaw",
+]
 SACCT_WINDOW = 3600  # finished jobs of the last hour
 SACCT = ["sacct", "--noheader", "--parsable2", "--allusers", "--allocations", "--format=State,Partition,Account"]
 
@@ -236,7 +242,9 @@ def collect(runner: Runner = run, now: float | None = None) -> str:
         for job in jobs:
             per_account[(job["account"], job["state"])] += 1
         for (account, state), count in sorted(per_account.items()):
-            metrics.add("slurm_account_jobs", "gauge", "Jobs per account and state.", count, account=account, state=state)
+            metrics.add(
+                "slurm_account_jobs", "gauge", "Jobs per account and state.", count, account=account, state=state
+            )
 
     text = attempt("sshare", SSHARE)
     if text is not None:
@@ -281,7 +289,12 @@ def collect(runner: Runner = run, now: float | None = None) -> str:
 
     for source, good in sorted(ok.items()):
         metrics.add("slurm_scrape_ok", "gauge", "1 when the Slurm command answered.", 1 if good else 0, source=source)
-    metrics.add("slurm_up", "gauge", "1 when slurmctld answered (sinfo and squeue).", 1 if ok.get("sinfo") and ok.get("squeue") else 0)
+    metrics.add(
+        "slurm_up",
+        "gauge",
+        "1 when slurmctld answered (sinfo and squeue).",
+        1 if ok.get("sinfo") and ok.get("squeue") else 0,
+    )
     return metrics.text()
 
 
@@ -291,7 +304,7 @@ def collect(runner: Runner = run, now: float | None = None) -> str:
 class Handler(BaseHTTPRequestHandler):
     runner: Runner = staticmethod(run)  # type: ignore[assignment]
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+    def do_GET(self) -> None:
         if self.path.split("?")[0] not in ("/metrics", "/"):
             self.send_error(404, "only /metrics")
             return
@@ -302,13 +315,13 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - signature of the base class
+    def log_message(self, format: str, *args: object) -> None:
         return
 
 
 def main(argv: Iterable[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="sciplat-slurm-exporter", description=__doc__.splitlines()[0])
-    parser.add_argument("--listen", default="0.0.0.0", help="address to listen on")  # noqa: S104
+    parser.add_argument("--listen", default="0.0.0.0", help="address to listen on")
     parser.add_argument("--port", type=int, default=9341)
     parser.add_argument("--once", action="store_true", help="print the metrics once and exit")
     args = parser.parse_args(list(argv) if argv is not None else None)

@@ -65,7 +65,10 @@ def test_compute_section_becomes_slurm_controller_variables() -> None:
     values = role_vars(
         spec(
             compute={
-                "partitions": [{"name": "short", "max_time": "1h", "default": True}, {"name": "long", "max_time": "7d"}],
+                "partitions": [
+                    {"name": "short", "max_time": "1h", "default": True},
+                    {"name": "long", "max_time": "7d"},
+                ],
                 "default_limits": {"cpus": 4, "memory": "16GiB", "max_jobs": 10, "max_wall": "90s"},
             }
         ),

@@ -49,7 +49,9 @@ class FakeSlurm:
             self.assocs[(kv["account"], args[4])] = {}
             return ""
         if args[2:4] == ["modify", "user"]:
-            self.assocs[(kv["account"], kv["name"])].update({k: v for k, v in kv.items() if k not in ("name", "account", "cluster")})
+            self.assocs[(kv["account"], kv["name"])].update(
+                {k: v for k, v in kv.items() if k not in ("name", "account", "cluster")}
+            )
             return ""
         if args[2:4] == ["modify", "account"]:
             self.accounts[kv["name"]].update({k: v for k, v in kv.items() if k not in ("name", "cluster")})

@@ -14,7 +14,9 @@ def recorded(name: str) -> str:
 
 
 def fake_runner(command: list[str]) -> str:
-    return recorded({"sinfo": "sinfo.txt", "squeue": "squeue.txt", "sshare": "sshare.txt", "sacct": "sacct.txt"}[command[0]])
+    return recorded(
+        {"sinfo": "sinfo.txt", "squeue": "squeue.txt", "sshare": "sshare.txt", "sacct": "sacct.txt"}[command[0]]
+    )
 
 
 def test_node_states_are_normalised() -> None:
@@ -48,7 +50,7 @@ def test_collect_exposes_prometheus_text() -> None:
     assert 'slurm_jobs_pending_reason{reason="AssocGrpCpuLimit"} 1' in lines
     assert 'slurm_account_cpu_hours_awarded{account="astro"} 10' in lines
     assert 'slurm_account_cpu_hours_used{account="astro",user=""} 2.05' in lines
-    assert 'slurm_up 1' in lines
+    assert "slurm_up 1" in lines
     assert any(line.startswith('slurm_jobs_finished_last_hour{state="out_of_memory"') for line in lines)
     # every sample has its HELP and TYPE once
     names = {line.split("{")[0].split(" ")[0] for line in lines if not line.startswith("#")}

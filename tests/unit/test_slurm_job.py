@@ -13,7 +13,7 @@ def test_parameters_are_typed_like_papermill() -> None:
     assert job.parse_parameter("year=2024") == ("year", 2024)
     assert job.parse_parameter("ratio=0.5") == ("ratio", 0.5)
     assert job.parse_parameter("fast=true") == ("fast", True)
-    assert job.parse_parameter("bands=[\"g\", \"r\"]") == ("bands", ["g", "r"])
+    assert job.parse_parameter('bands=["g", "r"]') == ("bands", ["g", "r"])
     assert job.parse_parameter("name=M31 core") == ("name", "M31 core")
     with pytest.raises(job.JobError, match="name=value"):
         job.parse_parameter("no-equals-sign")

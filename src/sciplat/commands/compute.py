@@ -45,7 +45,7 @@ def _state(ctl: Controller, node: str) -> dict[str, Any]:
     state, _, reason = line.partition("|")
     jobs = []
     for row in jobs_text.strip().splitlines():
-        parts = (row.split("|") + ["", "", "", ""])[:4]
+        parts = [*row.split("|"), "", "", "", ""][:4]
         jobs.append({"job_id": parts[0], "user": parts[1], "name": parts[2], "elapsed": parts[3]})
     return {"node": node, "state": state.strip(), "reason": reason.strip(), "running_jobs": jobs}
 
@@ -128,5 +128,7 @@ def resume(
     else:
         console.print(f"{node} is already in service ({info['state']}); nothing to do")
     if "down" in info["state"].lower() or info["state"].endswith("*"):
-        err.print(f"[yellow]{node} is {info['state']}: its slurmd does not answer; start it (systemctl start slurmd)[/]")
+        err.print(
+            f"[yellow]{node} is {info['state']}: its slurmd does not answer; start it (systemctl start slurmd)[/]"
+        )
         raise typer.Exit(1)
