@@ -362,5 +362,14 @@ def testbed_status(inventory: TestbedInventory = Path("inventories/local"), as_j
         console.print_json(json.dumps(report, default=str))
 
 
+# ------------------------------------------------------------------ compute (Slurm)
+from sciplat.commands import allocations as _allocations  # noqa: E402
+from sciplat.commands import compute as _compute  # noqa: E402
+
+app.add_typer(_allocations.app, name="allocations")
+app.command("drain")(_compute.drain)
+app.command("resume")(_compute.resume)
+
+
 def main() -> None:  # pragma: no cover - console script entry
     app()

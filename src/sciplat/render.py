@@ -54,6 +54,7 @@ def role_vars(spec: PlatformSpec, inventory_dir: Path) -> dict[str, Any]:
         "monitor_alert_email_from": f"alertmanager@{platform.domain}",
     }
     values.update(storage_vars(spec))
+    values.update(_slurm_vars(spec))
     if tls.mode == "provided" and tls.provided is not None:
         provided = tls.provided
         values["pki_provided_cert_file"] = str((inventory_dir / provided.cert_file).resolve())
@@ -82,6 +83,22 @@ def storage_vars(spec: PlatformSpec) -> dict[str, Any]:
         "ceph_user_quota": int(storage.user_quota),
         "ceph_group_quota": int(storage.group_quota),
         "ceph_home_quota": int(storage.home_quota),
+def _slurm_vars(spec: PlatformSpec) -> dict[str, Any]:
+    """compute: partitions and default limits for the slurm_controller role."""
+    compute = spec.compute
+    limits = compute.default_limits
+    return {
+        # Slurm names accounting tables after the cluster: letters, digits, '_'
+        "slurm_controller_cluster_name": spec.platform.name.replace("-", "_")[:40],
+        "slurm_controller_partitions": [
+            {"name": p.name, "max_time": int(p.max_time), "default": p.default} for p in compute.partitions
+        ],
+        "slurm_controller_default_limits": {
+            "cpus": limits.cpus,
+            "memory_mb": int(limits.memory) // 1024**2,
+            "max_jobs": limits.max_jobs,
+            "max_wall_minutes": (int(limits.max_wall) + 59) // 60,
+        },
     }
 
 

@@ -154,6 +154,39 @@ SERVICES: list[Service] = [
         for group in ("hub", "compute")
         for where in ("/home", "/groups")
     ),
+    # Slurm: the controller, accounting, every node's state (printed by the probes).
+    Service("munge", "slurm_controller", "munge.service"),
+    Service("munge", "compute", "munge.service"),
+    Service(
+        "slurmdbd",
+        "slurm_controller",
+        "slurmdbd.service",
+        6819,
+        probe="sacctmgr --noheader --parsable2 show cluster format=cluster >/dev/null",
+    ),
+    Service("slurmctld", "slurm_controller", "slurmctld.service", 6817, probe="scontrol ping | grep -q 'is UP'"),
+    Service(
+        "slurm-nodes",
+        "slurm_controller",
+        "slurmctld.service",
+        # every node with its state; unhealthy when one is down or not responding (drained is maintenance)
+        probe="sinfo -h -N -o '%N=%T' | sort -u | tr '\\n' ' '; ! sinfo -h -N -o '%T' | grep -qE 'down|fail|\\*'",
+    ),
+    Service(
+        "slurmd",
+        "compute",
+        "slurmd.service",
+        6818,
+        probe='s=$(sinfo -h -N -n "$(hostname -s)" -o \'%T\' | head -n1); echo "node $s"; '
+        "case \"$s\" in ''|*down*|*fail*|*'*') exit 1;; esac",
+    ),
+    Service(
+        "slurm_exporter",
+        "slurm_controller",
+        "sciplat-slurm-exporter.service",
+        9341,
+        probe="curl -fsS --max-time 10 http://localhost:9341/metrics | grep -q '^slurm_up 1'",
+    ),
 ]
 
 # Runs on each host with python3 (which Ansible needs anyway); prints one JSON document.
@@ -177,6 +210,7 @@ for c in checks:
         code, text = run(c["probe"]) if state == "active" else (1, "not probed: unit " + state)
         item["probe"] = "ok" if code == 0 else "failed"
         if code or (c.get("report") and text):
+        if code or text:
             item["detail"] = text
         healthy = healthy and code == 0
     item["healthy"] = healthy

@@ -69,3 +69,27 @@ def test_identity_ranges_reach_directory_and_sssd() -> None:
     assert values["directory_uid_range"] == {"start": 30000, "end": 39999}
     assert values["directory_gid_range"] == {"start": 70000, "end": 79999}
     assert (values["ldap_client_min_id"], values["ldap_client_max_id"]) == (30000, 79999)
+def test_compute_section_becomes_slurm_controller_variables() -> None:
+    values = role_vars(
+        spec(
+            compute={
+                "partitions": [
+                    {"name": "short", "max_time": "1h", "default": True},
+                    {"name": "long", "max_time": "7d"},
+                ],
+                "default_limits": {"cpus": 4, "memory": "16GiB", "max_jobs": 10, "max_wall": "90s"},
+            }
+        ),
+        Path("/inv"),
+    )
+    assert values["slurm_controller_cluster_name"] == "lab"
+    assert values["slurm_controller_partitions"] == [
+        {"name": "short", "max_time": 3600, "default": True},
+        {"name": "long", "max_time": 7 * 86400, "default": False},
+    ]
+    assert values["slurm_controller_default_limits"] == {
+        "cpus": 4,
+        "memory_mb": 16384,
+        "max_jobs": 10,
+        "max_wall_minutes": 2,
+    }
