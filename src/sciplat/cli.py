@@ -15,6 +15,7 @@ from sciplat import __version__
 from sciplat import render as render_mod
 from sciplat import runner as runner_mod
 from sciplat import secrets as secrets_mod
+from sciplat.commands import mydb as mydb_commands
 from sciplat.paths import repo_root
 from sciplat.spec import PlatformSpec
 from sciplat.validate import Result, validate_inventory_dir
@@ -29,6 +30,7 @@ secrets_app = typer.Typer(help="Read the platform's generated secrets.", no_args
 testbed_app = typer.Typer(help="The local test bed: podman hosts that behave like servers.", no_args_is_help=True)
 app.add_typer(secrets_app, name="secrets")
 app.add_typer(testbed_app, name="testbed")
+app.add_typer(mydb_commands.app, name="mydb")
 
 console = Console()
 err = Console(stderr=True)

@@ -30,6 +30,7 @@ import hashlib
 import hmac
 import json
 import os
+import pwd
 import re
 import sys
 import tempfile
@@ -314,7 +315,10 @@ class MyDB:
         if not self._role_exists(conn, role):
             conn.execute(
                 sql.SQL("CREATE ROLE {} {} CONNECTION LIMIT {} PASSWORD {} IN ROLE {}").format(
-                    sql.Identifier(role), login, sql.Literal(s.connection_limit), sql.Literal(password),
+                    sql.Identifier(role),
+                    login,
+                    sql.Literal(s.connection_limit),
+                    sql.Literal(password),
                     sql.Identifier(USERS_ROLE),
                 )
             )
@@ -466,8 +470,12 @@ class MyDB:
                     )
                 )
                 conn.execute(sql.SQL("REVOKE {} FROM {}").format(sql.Identifier(role), sql.Identifier(member_role)))
-        return {"database": role, "role": role, "members": sorted(set(wanted.values()) - set(pending)),
-                "pending": pending}
+        return {
+            "database": role,
+            "role": role,
+            "members": sorted(set(wanted.values()) - set(pending)),
+            "pending": pending,
+        }
 
     # ------------------------------------------------------------ operators
 
@@ -516,7 +524,9 @@ class MyDB:
         """A per-database quota (None: back to the spec's default for its kind)."""
         with self.connect() as conn:
             conn.execute(REGISTRY_SQL)
-            cur = conn.execute("UPDATE mydb_databases SET quota_bytes = %s WHERE database = %s", [quota_bytes, database])
+            cur = conn.execute(
+                "UPDATE mydb_databases SET quota_bytes = %s WHERE database = %s", [quota_bytes, database]
+            )
             if cur.rowcount == 0:
                 raise MyDBError(f"{database} is not a MyDB database; `sciplat mydb list` shows them")
 
@@ -530,9 +540,7 @@ class MyDB:
         """
         new_owner = user_role(to_user)
         with self._registry(f"move:{database}") as conn:
-            row = conn.execute(
-                "SELECT kind, owner_role FROM mydb_databases WHERE database = %s", [database]
-            ).fetchone()
+            row = conn.execute("SELECT kind, owner_role FROM mydb_databases WHERE database = %s", [database]).fetchone()
             if row is None:
                 raise MyDBError(f"{database} is not a MyDB database; `sciplat mydb list` shows them")
             kind, old_owner = row
@@ -548,29 +556,36 @@ class MyDB:
                 raise MyDBError(f"a database named {new_name} exists already; rename or drop it first")
             for member in (old_owner, new_owner):
                 self._grant_membership(conn, member, self.settings.admin_user)
-            busy = conn.execute(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = %s", [database]
-            ).fetchone()
+            busy = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s", [database]).fetchone()
             if busy and busy[0]:
                 conn.execute(
                     "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> "
                     "pg_backend_pid()",
                     [database],
                 )
-            conn.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(database),
-                                                                           sql.Identifier(new_name)))
-            conn.execute("UPDATE mydb_databases SET database = %s, owner_role = %s WHERE database = %s",
-                         [new_name, new_owner, database])
+            conn.execute(
+                sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(database), sql.Identifier(new_name))
+            )
+            conn.execute(
+                "UPDATE mydb_databases SET database = %s, owner_role = %s WHERE database = %s",
+                [new_name, new_owner, database],
+            )
             conn.execute("DELETE FROM mydb_usage WHERE database = %s", [database])
-            conn.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(sql.Identifier(new_name),
-                                                                          sql.Identifier(new_owner)))
-            conn.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM {}").format(sql.Identifier(new_name),
-                                                                              sql.Identifier(old_owner)))
-            conn.execute(sql.SQL("GRANT CONNECT, TEMPORARY ON DATABASE {} TO {}").format(
-                sql.Identifier(new_name), sql.Identifier(new_owner)))
+            conn.execute(
+                sql.SQL("ALTER DATABASE {} OWNER TO {}").format(sql.Identifier(new_name), sql.Identifier(new_owner))
+            )
+            conn.execute(
+                sql.SQL("REVOKE ALL ON DATABASE {} FROM {}").format(sql.Identifier(new_name), sql.Identifier(old_owner))
+            )
+            conn.execute(
+                sql.SQL("GRANT CONNECT, TEMPORARY ON DATABASE {} TO {}").format(
+                    sql.Identifier(new_name), sql.Identifier(new_owner)
+                )
+            )
         with self.connect(new_name) as db:
-            db.execute(sql.SQL("REASSIGN OWNED BY {} TO {}").format(sql.Identifier(old_owner),
-                                                                     sql.Identifier(new_owner)))
+            db.execute(
+                sql.SQL("REASSIGN OWNED BY {} TO {}").format(sql.Identifier(old_owner), sql.Identifier(new_owner))
+            )
         return new_name
 
 
@@ -587,6 +602,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pgpass-home", help="also write HOME/.pgpass, owned by --uid/--gid")
     p.add_argument("--uid", type=int)
     p.add_argument("--gid", type=int)
+    p.add_argument("--env", action="store_true", help="also print the PG* variables of the user's server")
     p = sub.add_parser("ensure-group", help="provision a group's role and database")
     p.add_argument("group")
     p.add_argument("members", nargs="*")
@@ -615,11 +631,19 @@ def main(argv: list[str] | None = None) -> int:
                 if args.uid is None or args.gid is None:
                     raise MyDBError("--pgpass-home needs --uid and --gid")
                 result["pgpass"] = str(mydb.write_pgpass(creds, args.pgpass_home, args.uid, args.gid))
+            if args.env:
+                result["env"] = creds.env()
         elif args.command == "ensure-group":
             result = mydb.ensure_group_database(args.group, args.members)
         elif args.command == "reset-password":
             creds = mydb.reset_password(args.username)
             result = {"database": creds.database, "user": creds.user, "reset": True}
+            try:
+                account = pwd.getpwnam(args.username)
+            except KeyError:
+                account = None
+            if account is not None and os.path.isdir(account.pw_dir):
+                result["pgpass"] = str(mydb.write_pgpass(creds, account.pw_dir, account.pw_uid, account.pw_gid))
         elif args.command == "disable-user":
             mydb.disable_user(args.username)
             result = {"user": args.username, "disabled": True}

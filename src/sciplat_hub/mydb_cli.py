@@ -41,7 +41,9 @@ def _connect(database: str | None = None) -> psycopg.Connection[Any]:
     try:
         return psycopg.connect(dbname=database or os.environ.get("PGDATABASE", ""), autocommit=True, connect_timeout=10)
     except psycopg.OperationalError as exc:
-        raise CliError(f"cannot connect to {database or os.environ.get('PGDATABASE', 'your database')}: {exc}") from None
+        raise CliError(
+            f"cannot connect to {database or os.environ.get('PGDATABASE', 'your database')}: {exc}"
+        ) from None
 
 
 def _resolve_grantee(conn: psycopg.Connection[Any], who: str) -> tuple[str, str]:
@@ -94,9 +96,7 @@ def share(table: str, who: str, write: bool, database: str | None) -> str:
         g = sql.Identifier(grantee)
         privileges = "SELECT, INSERT, UPDATE, DELETE" if write else "SELECT"
         with conn.transaction():
-            conn.execute(
-                sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(sql.Identifier(conn.info.dbname), g)
-            )
+            conn.execute(sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(sql.Identifier(conn.info.dbname), g))
             conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(sql.Identifier(schema), g))
             conn.execute(sql.SQL("REVOKE ALL ON {}.{} FROM {}").format(sql.Identifier(schema), sql.Identifier(name), g))
             conn.execute(
@@ -176,8 +176,13 @@ def shared(database: str | None) -> dict[str, Any]:
         result["database"] = conn.info.dbname
         for table, grantee, privileges in conn.execute(_SHARED_BY_ME):
             result["shared_by_me"].append(
-                {"database": conn.info.dbname, "table": table, "with": grantee[2:],
-                 "kind": "user" if grantee.startswith("u_") else "group", "privileges": privileges}
+                {
+                    "database": conn.info.dbname,
+                    "table": table,
+                    "with": grantee[2:],
+                    "kind": "user" if grantee.startswith("u_") else "group",
+                    "privileges": privileges,
+                }
             )
         others = conn.execute(
             "SELECT datname, pg_get_userbyid(datdba) FROM pg_database WHERE datallowconn AND NOT datistemplate "
@@ -207,11 +212,16 @@ def status(database: str | None) -> dict[str, Any]:
             "WHERE database = current_database()"
         ).fetchone()
         if row is None:
-            return {"database": conn.info.dbname, "state": "unmeasured",
-                    "message": "the quota check has not measured this database yet; try again in a few minutes"}
+            return {
+                "database": conn.info.dbname,
+                "state": "unmeasured",
+                "message": "the quota check has not measured this database yet; try again in a few minutes",
+            }
     keys = ("database", "size_bytes", "quota_bytes", "percent", "state", "message", "measured_at")
-    return {k: (v.isoformat() if hasattr(v, "isoformat") else float(v) if k == "percent" else v)
-            for k, v in zip(keys, row, strict=True)}
+    return {
+        k: (v.isoformat() if hasattr(v, "isoformat") else float(v) if k == "percent" else v)
+        for k, v in zip(keys, row, strict=True)
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -248,7 +258,9 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"  {e['table']} with {e['kind']} {e['with']}: {e['privileges']}" if e else "  nothing")
                 print("Shared with me:")
                 for e in result["shared_with_me"] or [{}]:
-                    print(f"  {e['database']}: {e['table']} (from {e['owner']}): {e['privileges']}" if e else "  nothing")
+                    print(
+                        f"  {e['database']}: {e['table']} (from {e['owner']}): {e['privileges']}" if e else "  nothing"
+                    )
                 if result["group_databases"]:
                     print("My group databases: " + ", ".join(result["group_databases"]))
         elif args.command == "status":

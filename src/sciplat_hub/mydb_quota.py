@@ -56,8 +56,7 @@ BLOCKED_DDL = (
 
 # Applied (as superuser) to the template and to every MyDB database; idempotent.
 # Its hash is kept as the comment of the schema `mydb`, so unchanged databases are skipped.
-SCHEMA_SQL = (
-    """
+SCHEMA_SQL = """
 CREATE EXTENSION IF NOT EXISTS pg_sphere;
 CREATE SCHEMA IF NOT EXISTS mydb AUTHORIZATION postgres;
 CREATE TABLE IF NOT EXISTS mydb.status (
@@ -88,15 +87,13 @@ END
 $f$;
 CREATE OR REPLACE FUNCTION mydb.quota_ddl_guard() RETURNS event_trigger LANGUAGE plpgsql AS $f$
 BEGIN
-    IF tg_tag IN (%s) THEN
+    IF tg_tag IN (@BLOCKED@) THEN
         RAISE EXCEPTION USING ERRCODE = 'disk_full', MESSAGE = mydb.quota_message(),
             HINT = 'SELECT * FROM mydb.status; shows the size and the quota.';
     END IF;
 END
 $f$;
-"""
-    % ", ".join("'" + tag + "'" for tag in BLOCKED_DDL)
-)
+""".replace("@BLOCKED@", ", ".join("'" + tag + "'" for tag in BLOCKED_DDL))
 SCHEMA_VERSION = "sciplat-mydb " + hashlib.sha256(SCHEMA_SQL.encode()).hexdigest()[:16]
 
 
@@ -199,7 +196,8 @@ def apply_guard(conn: psycopg.Connection[Any]) -> int:
             continue
         conn.execute(
             sql.SQL(
-                "CREATE TRIGGER {} BEFORE INSERT OR UPDATE ON {}.{} FOR EACH STATEMENT EXECUTE FUNCTION mydb.quota_guard()"
+                "CREATE TRIGGER {} BEFORE INSERT OR UPDATE ON {}.{} "
+                "FOR EACH STATEMENT EXECUTE FUNCTION mydb.quota_guard()"
             ).format(sql.Identifier(GUARD_TRIGGER), sql.Identifier(schema), sql.Identifier(table))
         )
         added += 1
@@ -261,8 +259,14 @@ def enforce(cfg: dict[str, Any]) -> dict[str, Any]:
             pct = 100.0 * size / quota if quota else 0.0
             state = "over" if pct >= 100 else "warning" if pct >= warn else "ok"
             message = message_for(database, size, quota, state, cfg["interval"])
-            entry = {"database": database, "size_bytes": size, "quota_bytes": quota,
-                     "percent": round(pct, 1), "state": state, "message": message}
+            entry = {
+                "database": database,
+                "size_bytes": size,
+                "quota_bytes": quota,
+                "percent": round(pct, 1),
+                "state": state,
+                "message": message,
+            }
             try:
                 with _connect(cfg, database) as conn:
                     ensure_schema(conn)

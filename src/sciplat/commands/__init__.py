@@ -1,0 +1,1 @@
+"""Sub-commands of the `sciplat` CLI, one module each (registered in sciplat.cli)."""
