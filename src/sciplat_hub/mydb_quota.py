@@ -57,7 +57,6 @@ BLOCKED_DDL = (
 # Applied (as superuser) to the template and to every MyDB database; idempotent.
 # Its hash is kept as the comment of the schema `mydb`, so unchanged databases are skipped.
 SCHEMA_SQL = """
-CREATE EXTENSION IF NOT EXISTS pg_sphere;
 CREATE SCHEMA IF NOT EXISTS mydb AUTHORIZATION postgres;
 CREATE TABLE IF NOT EXISTS mydb.status (
     database     name PRIMARY KEY,
@@ -125,8 +124,12 @@ def _connect(cfg: dict[str, Any], database: str) -> Iterator[psycopg.Connection[
         conn.close()
 
 
-def ensure_schema(conn: psycopg.Connection[Any]) -> bool:
-    """The `mydb` schema (status table, guard functions) and pg_sphere are current; True if changed."""
+def ensure_schema(conn: psycopg.Connection[Any], pgsphere_version: str | None = None) -> bool:
+    """The `mydb` schema (status table, guard functions) and pg_sphere are current; True if changed.
+
+    `pgsphere_version` names the extension version to install (the mydb role writes a fixed
+    install script for Debian 12's pg_sphere, see roles/mydb/tasks/server.yml).
+    """
     row = conn.execute(
         "SELECT obj_description(oid, 'pg_namespace') FROM pg_namespace WHERE nspname = 'mydb'"
     ).fetchone()
@@ -135,6 +138,9 @@ def ensure_schema(conn: psycopg.Connection[Any]) -> bool:
     with conn.transaction():
         # the quota's event trigger (if the database is over quota) must not refuse this
         conn.execute("SET LOCAL session_replication_role = replica")
+        if conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'pg_sphere'").fetchone() is None:
+            version = sql.SQL(" VERSION {}").format(sql.Literal(pgsphere_version)) if pgsphere_version else sql.SQL("")
+            conn.execute(sql.SQL("CREATE EXTENSION pg_sphere{}").format(version))
         conn.execute(SCHEMA_SQL)  # type: ignore[arg-type]
         conn.execute(sql.SQL("COMMENT ON SCHEMA mydb IS {}").format(sql.Literal(SCHEMA_VERSION)))
     return True
@@ -157,7 +163,7 @@ def prepare_template(cfg: dict[str, Any]) -> bool:
             conn.execute(sql.SQL("ALTER DATABASE {} IS_TEMPLATE true").format(sql.Identifier(template)))
             changed = True
     with _connect(cfg, template) as conn:
-        changed = ensure_schema(conn) or changed
+        changed = ensure_schema(conn, cfg.get("pgsphere_version")) or changed
     return changed
 
 
@@ -269,7 +275,7 @@ def enforce(cfg: dict[str, Any]) -> dict[str, Any]:
             }
             try:
                 with _connect(cfg, database) as conn:
-                    ensure_schema(conn)
+                    ensure_schema(conn, cfg.get("pgsphere_version"))
                     conn.execute(
                         "INSERT INTO mydb.status (database, size_bytes, quota_bytes, percent, state, message, "
                         "measured_at) VALUES (%s, %s, %s, %s, %s, %s, now()) ON CONFLICT (database) DO UPDATE SET "
