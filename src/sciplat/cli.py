@@ -16,6 +16,7 @@ from sciplat import render as render_mod
 from sciplat import runner as runner_mod
 from sciplat import secrets as secrets_mod
 from sciplat.commands import cloud as cloud_cmd
+from sciplat.commands import mydb as mydb_commands
 from sciplat.paths import repo_root
 from sciplat.spec import PlatformSpec
 from sciplat.validate import Result, validate_inventory_dir
@@ -32,6 +33,7 @@ app.add_typer(secrets_app, name="secrets")
 app.add_typer(testbed_app, name="testbed")
 app.add_typer(cloud_cmd.cloud_app, name="cloud")
 app.add_typer(cloud_cmd.cost_app, name="cost")
+app.add_typer(mydb_commands.app, name="mydb")
 
 console = Console()
 err = Console(stderr=True)

@@ -20,6 +20,11 @@ from sciplat.spec import PlatformSpec
 STATE_DIR = ".sciplat"
 
 
+def _systemd_span(seconds: int) -> str:
+    """A systemd time span a person reads easily: 5min rather than 300s."""
+    return f"{seconds // 60}min" if seconds % 60 == 0 else f"{seconds}s"
+
+
 def role_vars(spec: PlatformSpec, inventory_dir: Path) -> dict[str, Any]:
     platform, tls = spec.platform, spec.tls
     values: dict[str, Any] = {
@@ -48,6 +53,14 @@ def role_vars(spec: PlatformSpec, inventory_dir: Path) -> dict[str, Any]:
         "directory_gid_range": spec.identity.gid_range.model_dump(),
         "ldap_client_min_id": min(spec.identity.uid_range.start, spec.identity.gid_range.start),
         "ldap_client_max_id": max(spec.identity.uid_range.end, spec.identity.gid_range.end),
+        # mydb
+        "mydb_enabled": spec.databases.mydb.enabled,
+        "mydb_user_quota": spec.databases.mydb.user_quota,
+        "mydb_group_quota": spec.databases.mydb.group_quota,
+        "mydb_connection_limit": spec.databases.mydb.connection_limit,
+        "mydb_statement_timeout": spec.databases.mydb.statement_timeout,
+        "mydb_warn_percent": spec.databases.mydb.warn_percent,
+        "mydb_quota_interval": _systemd_span(spec.databases.mydb.check_interval),
         # monitoring
         "monitor_retention": f"{spec.monitoring.retention}s",
         "monitor_alert_routes": [route.model_dump() for route in spec.monitoring.alert_routes],

@@ -250,11 +250,24 @@ class StorageSection(Section):
 
 
 class MyDbSettings(Section):
-    enabled: bool = True
-    user_quota: Size = Field(default="10GiB")  # type: ignore[assignment]
-    group_quota: Size = Field(default="50GiB")  # type: ignore[assignment]
-    connection_limit: int = Field(default=10, ge=1, le=1000)
-    statement_timeout: Duration = Field(default=3600)
+    enabled: bool = Field(default=True, description="A personal database per user and one per group (MyDB).")
+    user_quota: Size = Field(default="10GiB", description="Size quota of each user's database.")  # type: ignore[assignment]
+    group_quota: Size = Field(default="50GiB", description="Size quota of each group's database.")  # type: ignore[assignment]
+    connection_limit: int = Field(default=10, ge=1, le=1000, description="Connections per MyDB user at once.")
+    statement_timeout: Duration = Field(default=3600, description="Longest statement a MyDB user may run.")
+    warn_percent: int = Field(
+        default=90, ge=50, le=99, description="Users are warned when their database reaches this share of its quota."
+    )
+    check_interval: Duration = Field(
+        default=300, description="How often the quota is measured (at 100% the database becomes read-only)."
+    )
+
+    @field_validator("statement_timeout", "check_interval")
+    @classmethod
+    def _positive(cls, value: int) -> int:
+        if value < 1:
+            raise ValueError(f"{value!r} must be at least one second, e.g. 30s or 1h")
+        return value
 
 
 class DatabasesSection(Section):

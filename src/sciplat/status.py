@@ -71,6 +71,12 @@ SERVICES: list[Service] = [
         probe="runuser -u postgres -- psql -XAtqc 'select 1' >/dev/null",
     ),
     Service(
+        "mydb_quota",
+        "db",
+        "sciplat-mydb-quota.timer",
+        probe="systemctl show -p Result --value sciplat-mydb-quota.service | grep -qx success",
+    ),
+    Service(
         "node_exporter",
         "all",
         "prometheus-node-exporter.service",
