@@ -39,6 +39,15 @@ def role_vars(spec: PlatformSpec, inventory_dir: Path) -> dict[str, Any]:
         # postgresql
         "postgresql_version": spec.databases.postgresql_version,
         "postgresql_max_connections": spec.databases.max_connections,
+        # hub
+        "hub_authenticators": [auth.model_dump() for auth in spec.identity.authenticators],
+        "hub_admin_users": list(spec.identity.admin_users),
+        "hub_profiles": [profile.model_dump() for profile in spec.compute.profiles],
+        "hub_provision_settings": {
+            "home_quota": spec.storage.home_quota,
+            "s3_user_quota": spec.storage.user_quota,
+            "group_dir_quota": spec.storage.group_quota,
+        },
         # monitoring
         "monitor_retention": f"{spec.monitoring.retention}s",
         "monitor_alert_routes": [route.model_dump() for route in spec.monitoring.alert_routes],
