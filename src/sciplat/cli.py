@@ -354,6 +354,7 @@ def testbed_status(inventory: TestbedInventory = Path("inventories/local"), as_j
 def main() -> None:  # pragma: no cover - console script entry
     app()
 
+
 # sciplat users …, sciplat token USER (src/sciplat/commands/users.py)
 from sciplat.commands import users as _users  # noqa: E402
 

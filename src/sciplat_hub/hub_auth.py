@@ -67,7 +67,7 @@ def discover(issuer: str, timeout: float = 10) -> dict[str, Any]:
     """The provider's OpenID configuration (its endpoints)."""
     url = issuer.rstrip("/") + "/.well-known/openid-configuration"
     context = ssl.create_default_context()
-    with urllib.request.urlopen(url, timeout=timeout, context=context) as response:  # noqa: S310 (https only, checked)
+    with urllib.request.urlopen(url, timeout=timeout, context=context) as response:
         data: dict[str, Any] = json.load(response)
     return data
 

@@ -27,7 +27,7 @@ from sciplat_hub.hub_auth import TUTORIAL_PREFIX
 
 def unit_safe(name: str) -> str:
     """A server name as part of a systemd unit name (systemd-escape style)."""
-    return re.sub(r"[^A-Za-z0-9_.-]", lambda m: "\\x%02x" % ord(m.group(0)), name)
+    return re.sub(r"[^A-Za-z0-9_.-]", lambda m: f"\\x{ord(m.group(0)):02x}", name)
 
 
 def pick_profile(profiles: list[dict[str, Any]], requested: str | None) -> dict[str, Any]:
@@ -60,9 +60,7 @@ class SciplatSystemdSpawner(SystemdSpawner):  # type: ignore[misc]
     unit_name_template = Unicode("jupyter-{USERNAME}-{SERVERNAME}", config=True)
 
     def _expand_user_vars(self, string: str) -> str:
-        return string.format(
-            USERNAME=self.user.name, USERID=self.user.id, SERVERNAME=unit_safe(self.name or "default")
-        )
+        return string.format(USERNAME=self.user.name, USERID=self.user.id, SERVERNAME=unit_safe(self.name or "default"))
 
     @property
     def is_tutorial(self) -> bool:
@@ -74,9 +72,8 @@ class SciplatSystemdSpawner(SystemdSpawner):  # type: ignore[misc]
         options = []
         for profile in self.profiles:
             selected = " selected" if profile.get("default") else ""
-            options.append(
-                f'<option value="{html.escape(profile["name"])}"{selected}>{html.escape(profile_label(profile))}</option>'
-            )
+            value, label = html.escape(profile["name"]), html.escape(profile_label(profile))
+            options.append(f'<option value="{value}"{selected}>{label}</option>')
         return (
             '<label for="sciplat-profile">Server size</label>'
             '<select class="form-control" name="profile" id="sciplat-profile">' + "".join(options) + "</select>"
@@ -122,7 +119,7 @@ async def provision_hook(spawner: Any) -> None:
     )
     try:
         out, err = await asyncio.wait_for(proc.communicate(), timeout)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         proc.kill()
         raise RuntimeError(
             f"Preparing your account took longer than {timeout} s. It is tried again when you next start a server."

@@ -15,7 +15,7 @@ import logging
 import os
 import time
 import urllib.request
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from sciplat_hub.hub_auth import TUTORIAL_PREFIX
@@ -27,7 +27,7 @@ def _api(method: str, path: str) -> Any:
     url = os.environ["JUPYTERHUB_API_URL"].rstrip("/") + path
     request = urllib.request.Request(url, method=method)
     request.add_header("Authorization", f"token {os.environ['JUPYTERHUB_API_TOKEN']}")
-    with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 (the hub's loopback API)
+    with urllib.request.urlopen(request, timeout=30) as response:
         body = response.read()
     return json.loads(body) if body else None
 
@@ -41,7 +41,7 @@ def expired(users: list[dict[str, Any]], lifetime: int, now: datetime) -> list[s
             continue
         when = datetime.fromisoformat(str(created).replace("Z", "+00:00"))
         if when.tzinfo is None:
-            when = when.replace(tzinfo=timezone.utc)
+            when = when.replace(tzinfo=UTC)
         if (now - when).total_seconds() >= lifetime:
             names.append(name)
     return names
@@ -52,7 +52,7 @@ def reap_once(lifetime: int) -> list[str]:
     if isinstance(users, dict):  # paginated form
         users = users.get("items", [])
     removed = []
-    for name in expired(users, lifetime, datetime.now(timezone.utc)):
+    for name in expired(users, lifetime, datetime.now(UTC)):
         try:
             for server in list((next(u for u in users if u["name"] == name).get("servers") or {}).keys()):
                 _api("DELETE", f"/users/{name}/servers/{server}" if server else f"/users/{name}/server")

@@ -48,7 +48,7 @@ class HubUsers:
         if data is not None:
             request.add_header("Content-Type", "application/json")
         try:
-            with urllib.request.urlopen(request, timeout=60) as response:  # noqa: S310 (the hub on loopback)
+            with urllib.request.urlopen(request, timeout=60) as response:
                 raw = response.read()
         except urllib.error.HTTPError as exc:
             if exc.code == 404:
@@ -56,7 +56,9 @@ class HubUsers:
             detail = exc.read().decode(errors="replace")[:300]
             raise UsersError(f"the hub answered {exc.code} to {method} {path}: {detail}") from None
         except urllib.error.URLError as exc:
-            raise UsersError(f"the hub's API at {self.api} is not reachable ({exc.reason}); is jupyterhub running?") from None
+            raise UsersError(
+                f"the hub's API at {self.api} is not reachable ({exc.reason}); is jupyterhub running?"
+            ) from None
         return json.loads(raw) if raw else None
 
     # ---------------------------------------------------------------- native sign-ups

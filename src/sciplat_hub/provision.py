@@ -207,7 +207,18 @@ class LocalAccountStep:
             entry = pwd.getpwnam(ctx.username)
         except KeyError:
             try:
-                self._run(["useradd", "--create-home", "--home-dir", home, "--shell", "/bin/bash", "--user-group", ctx.username])
+                self._run(
+                    [
+                        "useradd",
+                        "--create-home",
+                        "--home-dir",
+                        home,
+                        "--shell",
+                        "/bin/bash",
+                        "--user-group",
+                        ctx.username,
+                    ]
+                )
             except subprocess.CalledProcessError as exc:
                 raise StepFailed(f"useradd {ctx.username} failed: {exc.stderr.strip()}") from None
             entry = pwd.getpwnam(ctx.username)

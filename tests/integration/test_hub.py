@@ -104,10 +104,22 @@ def run_code(token: str, name: str, code: str, ca_cert: Path) -> str:
     ws.send(
         json.dumps(
             {
-                "header": {"msg_id": msg_id, "username": name, "session": uuid.uuid4().hex, "msg_type": "execute_request", "version": "5.3"},
+                "header": {
+                    "msg_id": msg_id,
+                    "username": name,
+                    "session": uuid.uuid4().hex,
+                    "msg_type": "execute_request",
+                    "version": "5.3",
+                },
                 "parent_header": {},
                 "metadata": {},
-                "content": {"code": code, "silent": False, "store_history": False, "user_expressions": {}, "allow_stdin": False},
+                "content": {
+                    "code": code,
+                    "silent": False,
+                    "store_history": False,
+                    "user_expressions": {},
+                    "allow_stdin": False,
+                },
                 "channel": "shell",
             }
         )
@@ -177,7 +189,9 @@ def test_approved_user_starts_a_server_and_runs_code(approved_users: dict[str, d
     started = time.monotonic()
     start_server(user["token"], user["name"], ca_cert)
     elapsed = time.monotonic() - started
-    out = run_code(user["token"], user["name"], "import os, getpass; print(6*7, getpass.getuser(), os.getcwd())", ca_cert)
+    out = run_code(
+        user["token"], user["name"], "import os, getpass; print(6*7, getpass.getuser(), os.getcwd())", ca_cert
+    )
     assert out.split() == ["42", user["name"], f"/home/{user['name']}"], out
     assert elapsed < 60, f"server start took {elapsed:.1f} s"
 
@@ -237,3 +251,40 @@ def test_hub_services_run_under_systemd(host_of: Callable[[str], Any]) -> None:
         assert gw.service(unit).is_running and gw.service(unit).is_enabled
     settings = gw.file("/etc/jupyterhub/sciplat.json")
     assert settings.mode == 0o600 and settings.user == "root"
+
+
+def _anonymous_configured() -> bool:
+    import yaml
+
+    spec = yaml.safe_load((INVENTORY / "platform.yaml").read_text())
+    methods = (spec.get("identity") or {}).get("authenticators") or []
+    return any(m.get("type") == "anonymous" for m in methods)
+
+
+@pytest.mark.skipif(not _anonymous_configured(), reason="the bed's platform.yaml has no anonymous sign-in method")
+def test_tutorial_user_gets_a_confined_server(
+    approved_users: dict[str, dict[str, Any]], ca_cert: Path, host_of: Callable[[str], Any]
+) -> None:
+    session = _session(ca_cert)
+    token = _xsrf(session, "/hub/tutorial/login")
+    started = session.post(PUBLIC_URL + "/hub/tutorial/login", data={"_xsrf": token}, timeout=60, allow_redirects=False)
+    assert started.status_code == 302
+    user = session.get(PUBLIC_URL + "/hub/api/user", headers={"X-XSRFToken": token}, timeout=30)
+    name = user.json()["name"] if user.status_code == 200 else ""
+    if not name:  # the session's identity, from the hub's user list
+        name = next(u["name"] for u in reversed(users_json()) if u["name"].startswith("tutorial-"))
+    assert re.fullmatch(r"tutorial-[0-9a-f]{8}", name), name
+    tutorial_token = json.loads(sciplat("token", name, "-i", str(INVENTORY), "--json").stdout)["token"]
+    start_server(tutorial_token, name, ca_cert)
+    other = approved_users["a"]["name"]
+    code = (
+        "import os\n"
+        "print(sorted(os.listdir('/home')))\n"
+        f"print(os.path.exists('/home/{other}'))\n"
+        "print(sorted(k for k in os.environ if k.startswith(('AWS_', 'PG', 'SCIPLAT_'))))\n"
+    )
+    out = run_code(tutorial_token, name, code, ca_cert).split("\n")
+    assert out[0] == "[]" and out[1] == "False" and out[2] == "[]", out
+    unit = host_of("gw").run(f"systemctl show -p RuntimeMaxUSec -p DynamicUser -p MemoryMax jupyter-{name}-default")
+    assert "DynamicUser=yes" in unit.stdout
+    assert "RuntimeMaxUSec=infinity" not in unit.stdout, "a tutorial server must have a lifetime"
