@@ -85,7 +85,8 @@ def provider(deployed: dict[str, Any], host_of: Callable[[str], Any]) -> Iterato
     }
     setenv = " ".join(f"--setenv={k}={v}" for k, v in env.items())
     gw.run("systemctl stop sciplat-test-oidc.service; systemctl reset-failed sciplat-test-oidc.service")
-    started = gw.run(f"systemd-run --unit sciplat-test-oidc --working-directory={REMOTE} {setenv} /usr/bin/node provider.mjs")
+    unit = f"systemd-run --unit sciplat-test-oidc --working-directory={REMOTE} {setenv}"
+    started = gw.run(f"{unit} /usr/bin/node provider.mjs")
     assert started.rc == 0, started.stderr
     for _ in range(60):
         if gw.run(f"curl -fsS --cacert /etc/sciplat/pki/ca.crt {issuer}/.well-known/openid-configuration").rc == 0:

@@ -24,8 +24,14 @@ SETTINGS: dict[str, Any] = {
 
 def test_db_url_quotes_the_password_and_verifies_tls() -> None:
     url = hub_config.db_url(
-        {"user": "jupyterhub", "password": "p@ss/w:rd%", "host": "10.0.0.2", "port": 5432, "name": "jupyterhub",
-         "sslrootcert": "/etc/sciplat/pki/ca.crt"}
+        {
+            "user": "jupyterhub",
+            "password": "p@ss/w:rd%",
+            "host": "10.0.0.2",
+            "port": 5432,
+            "name": "jupyterhub",
+            "sslrootcert": "/etc/sciplat/pki/ca.crt",
+        }
     )
     assert url.startswith("postgresql+psycopg2://jupyterhub:p%40ss%2Fw%3Ard%25@10.0.0.2:5432/jupyterhub?")
     assert "sslmode=verify-full" in url and "sslrootcert=/etc/sciplat/pki/ca.crt" in url
@@ -38,13 +44,17 @@ def test_culler_and_admin_service_have_only_their_scopes() -> None:
     assert "--timeout=3600" in services[0]["command"] and "--cull-every=300" in services[0]["command"]
     culler = next(r for r in roles if r["name"] == "idle-culler")
     assert "admin:users" not in culler["scopes"]
-    services, roles = hub_config.services({**SETTINGS, "max_age": 7200, "authenticators": [{"type": "anonymous", "lifetime": 900}]})
+    services, roles = hub_config.services(
+        {**SETTINGS, "max_age": 7200, "authenticators": [{"type": "anonymous", "lifetime": 900}]}
+    )
     assert "--max-age=7200" in services[0]["command"]
     assert any(s["name"] == "tutorial-reaper" and "--lifetime=900" in s["command"] for s in services)
 
 
 def _spec(identity: dict[str, Any]) -> PlatformSpec:
-    return PlatformSpec.model_validate({"platform": {"name": "hubtest", "domain": "t.example.org"}, "identity": identity})
+    return PlatformSpec.model_validate(
+        {"platform": {"name": "hubtest", "domain": "t.example.org"}, "identity": identity}
+    )
 
 
 def test_identity_renders_into_hub_variables(tmp_path: Path) -> None:

@@ -50,7 +50,12 @@ def test_steps_run_in_order_and_their_environment_is_returned() -> None:
     result = run_steps(Context("alice"), steps)
     assert result.ok
     assert order == ["account", "storage", "mydb"]
-    assert result.env == {"AWS_ACCESS_KEY_ID": "AK", "SCIPLAT_HOME_BUCKET": "home-alice", "PGUSER": "alice", "PGDATABASE": "alice"}
+    assert result.env == {
+        "AWS_ACCESS_KEY_ID": "AK",
+        "SCIPLAT_HOME_BUCKET": "home-alice",
+        "PGUSER": "alice",
+        "PGDATABASE": "alice",
+    }
     assert [s.status for s in result.steps] == ["done", "done", "done"]
 
 
@@ -95,7 +100,9 @@ def test_invalid_user_names_are_refused_before_any_step() -> None:
     assert "cannot be an account" in result.message
 
 
-def test_component_steps_are_skipped_without_their_client_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_component_steps_are_skipped_without_their_client_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(provision, "CONFIG_ROOT", tmp_path)
     assert "does not exist" in (provision.MyDBStep().available() or "")
     assert provision.LocalAccountStep().available() is None, "no directory: local accounts"
