@@ -3,8 +3,9 @@
 Runs inside JupyterHub. `SciplatSystemdSpawner` starts each server (named
 servers too) as a transient systemd unit on the hub host, as the user's uid,
 sized by the profile the user picked (compute.profiles). Tutorial users get a
-systemd DynamicUser instead of an account: no home, no credentials, a read-only
-system, the tutorial's CPU and memory limits and a hard lifetime.
+system account of their own (no login, no home: /home is an empty tmpfs for
+them), a read-only system but for their state directory, no credentials, the
+tutorial's CPU and memory limits and a hard lifetime.
 
 `provision_hook` is the hub's pre-spawn hook: it runs account provisioning
 (`sciplat_hub.provision`) in the platform_code venv and puts what it returns
@@ -16,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import html
 import json
+import pwd
 import re
 from typing import Any
 
@@ -84,12 +86,15 @@ class SciplatSystemdSpawner(SystemdSpawner):  # type: ignore[misc]
 
     async def start(self) -> Any:
         if self.is_tutorial:
-            self.dynamic_users = True
+            name = self.user.name
+            await ensure_tutorial_account(name)
+            self.user_workingdir = f"{TUTORIAL_STATE}/{name}"
             self.cpu_limit = float(self.tutorial.get("cpus", 1))
             self.mem_limit = int(self.tutorial.get("memory", 1024**3))
             self.unit_extra_properties = {
                 **self.unit_extra_properties,
                 "RuntimeMaxSec": str(int(self.tutorial.get("lifetime", 3600))),
+                "StateDirectory": f"{TUTORIAL_STATE.rsplit('/', 1)[1]}/{name}",
                 "ProtectHome": "tmpfs",
                 "ProtectSystem": "strict",
                 "PrivateTmp": "yes",
@@ -99,6 +104,36 @@ class SciplatSystemdSpawner(SystemdSpawner):  # type: ignore[misc]
             self.cpu_limit = float(profile["cpus"])
             self.mem_limit = int(profile["memory"])
         return await super().start()
+
+
+TUTORIAL_STATE = "/var/lib/sciplat-tutorial"
+
+
+async def _run(*argv: str) -> tuple[int, str]:
+    proc = await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    out, _ = await proc.communicate()
+    return proc.returncode or 0, out.decode(errors="replace")
+
+
+async def ensure_tutorial_account(name: str) -> None:
+    """A system account without login or home for a tutorial user's server.
+
+    systemd's DynamicUser would do, but it is not available everywhere (not in
+    containers); the tutorial reaper removes the account with the user.
+    """
+    if not name.startswith(TUTORIAL_PREFIX):
+        raise ValueError(f"{name} is not a tutorial user")
+    try:
+        pwd.getpwnam(name)
+        return
+    except KeyError:
+        pass
+    code, out = await _run(
+        "useradd", "--system", "--no-create-home", "--home-dir", f"{TUTORIAL_STATE}/{name}",
+        "--shell", "/usr/sbin/nologin", "--user-group", name,
+    )  # fmt: skip
+    if code != 0:
+        raise RuntimeError(f"The tutorial session could not be prepared ({out.strip()[:200]}).")
 
 
 async def provision_hook(spawner: Any) -> None:

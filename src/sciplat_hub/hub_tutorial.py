@@ -3,8 +3,7 @@
 Run by JupyterHub as a managed service (it passes JUPYTERHUB_API_URL and
 JUPYTERHUB_API_TOKEN). Every minute it deletes each ``tutorial-*`` user created
 more than ``--lifetime`` seconds ago; the hub stops their servers first. Their
-servers have no storage that outlives them (systemd DynamicUser), so nothing is
-left behind.
+system accounts and state directories go with them, so nothing is left behind.
 """
 
 from __future__ import annotations
@@ -13,12 +12,16 @@ import argparse
 import json
 import logging
 import os
+import shutil
+import subprocess
 import time
 import urllib.request
 from datetime import UTC, datetime
 from typing import Any
 
 from sciplat_hub.hub_auth import TUTORIAL_PREFIX
+
+TUTORIAL_STATE = "/var/lib/sciplat-tutorial"
 
 log = logging.getLogger("sciplat_hub.hub_tutorial")
 
@@ -47,6 +50,15 @@ def expired(users: list[dict[str, Any]], lifetime: int, now: datetime) -> list[s
     return names
 
 
+def remove_account(name: str) -> None:
+    """The tutorial user's system account and state directory (sciplat_hub.hub_spawner)."""
+    if not name.startswith(TUTORIAL_PREFIX) or "/" in name:
+        return
+    subprocess.run(["userdel", name], capture_output=True, check=False)
+    shutil.rmtree(f"{TUTORIAL_STATE}/{name}", ignore_errors=True)
+    shutil.rmtree(f"/var/lib/private/{TUTORIAL_STATE.rsplit('/', 1)[1]}/{name}", ignore_errors=True)
+
+
 def reap_once(lifetime: int) -> list[str]:
     users = _api("GET", "/users?state=&limit=1000") or []
     if isinstance(users, dict):  # paginated form
@@ -57,6 +69,7 @@ def reap_once(lifetime: int) -> list[str]:
             for server in list((next(u for u in users if u["name"] == name).get("servers") or {}).keys()):
                 _api("DELETE", f"/users/{name}/servers/{server}" if server else f"/users/{name}/server")
             _api("DELETE", f"/users/{name}")
+            remove_account(name)
             removed.append(name)
             log.info("removed tutorial user %s", name)
         except Exception:

@@ -285,6 +285,6 @@ def test_tutorial_user_gets_a_confined_server(
     )
     out = run_code(tutorial_token, name, code, ca_cert).split("\n")
     assert out[0] == "[]" and out[1] == "False" and out[2] == "[]", out
-    unit = host_of("gw").run(f"systemctl show -p RuntimeMaxUSec -p DynamicUser -p MemoryMax jupyter-{name}-default")
-    assert "DynamicUser=yes" in unit.stdout
+    unit = host_of("gw").run(f"systemctl show -p RuntimeMaxUSec -p MemoryMax -p ProtectHome jupyter-{name}-default")
+    assert "ProtectHome=tmpfs" in unit.stdout, unit.stdout
     assert "RuntimeMaxUSec=infinity" not in unit.stdout, "a tutorial server must have a lifetime"
