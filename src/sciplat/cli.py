@@ -375,3 +375,10 @@ app.command("resume")(_compute.resume)
 
 def main() -> None:  # pragma: no cover - console script entry
     app()
+
+
+# sciplat users …, sciplat token USER (src/sciplat/commands/users.py)
+from sciplat.commands import users as _users  # noqa: E402
+
+app.add_typer(_users.app, name="users")
+app.command("token")(_users.token)

@@ -61,6 +61,15 @@ def role_vars(spec: PlatformSpec, inventory_dir: Path) -> dict[str, Any]:
         "mydb_statement_timeout": spec.databases.mydb.statement_timeout,
         "mydb_warn_percent": spec.databases.mydb.warn_percent,
         "mydb_quota_interval": _systemd_span(spec.databases.mydb.check_interval),
+        # hub
+        "hub_authenticators": [auth.model_dump() for auth in spec.identity.authenticators],
+        "hub_admin_users": list(spec.identity.admin_users),
+        "hub_profiles": [profile.model_dump() for profile in spec.compute.profiles],
+        "hub_provision_settings": {
+            "home_quota": spec.storage.home_quota,
+            "s3_user_quota": spec.storage.user_quota,
+            "group_dir_quota": spec.storage.group_quota,
+        },
         # monitoring
         "monitor_retention": f"{spec.monitoring.retention}s",
         "monitor_alert_routes": [route.model_dump() for route in spec.monitoring.alert_routes],

@@ -153,8 +153,23 @@ class OidcAuth(Section):
     issuer: str = Field(description="OIDC issuer URL (its /.well-known/openid-configuration is read).")
     client_id: str
     username_claim: str = Field(default="preferred_username")
-    allowed_domains: list[str] = Field(default_factory=list)
-    allowed_groups: list[str] = Field(default_factory=list)
+    allowed_domains: list[str] = Field(
+        default_factory=list, description="Accept only e-mail addresses of these domains (empty: any)."
+    )
+    allowed_groups: list[str] = Field(
+        default_factory=list, description="Accept only members of these groups (the groups claim; empty: any)."
+    )
+    groups_claim: str = Field(default="groups", description="Claim that lists the user's groups.")
+    username_prefix: str | None = Field(
+        default=None,
+        description="Prepended to the provider's user names so they never collide with another "
+        "sign-in method's; default: the lower-cased name and '-' (e.g. cilogon-). '' only for a sole provider.",
+    )
+
+    @field_validator("username_prefix")
+    @classmethod
+    def _prefix(cls, value: str | None) -> str | None:
+        return check_username_prefix(value)
 
     @field_validator("issuer")
     @classmethod
@@ -164,10 +179,27 @@ class OidcAuth(Section):
         return value
 
 
+def check_username_prefix(value: str | None) -> str | None:
+    if value is not None and not re.match(r"^([a-z][a-z0-9-]{0,15})?$", value):
+        raise ValueError(
+            f"{value!r} is not a valid user name prefix; use up to 16 lowercase letters, digits "
+            "and '-', starting with a letter (for example: orcid-)"
+        )
+    return value
+
+
 class GithubAuth(Section):
     type: Literal["github"]
     client_id: str
-    allowed_organizations: list[str] = Field(default_factory=list)
+    allowed_organizations: list[str] = Field(
+        default_factory=list, description="Accept only members of these organizations (or org:team); empty: any."
+    )
+    username_prefix: str = Field(default="gh-", description="Prepended to GitHub logins (see oidc).")
+
+    @field_validator("username_prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        return check_username_prefix(value) or ""
 
 
 class AnonymousAuth(Section):
@@ -175,6 +207,7 @@ class AnonymousAuth(Section):
     cpus: float = Field(default=1, gt=0)
     memory: Size = Field(default="1GiB")  # type: ignore[assignment]
     lifetime: Duration = Field(default=3600, description="A tutorial user is removed after this long.")
+    label: str = Field(default="Try it without an account", description="Text of the button.")
 
 
 Authenticator = Annotated[NativeAuth | OidcAuth | GithubAuth | AnonymousAuth, Field(discriminator="type")]
@@ -210,6 +243,20 @@ class IdentitySection(Section):
                     "and '-', starting with a letter, at most 32 characters"
                 )
         return value
+
+    @model_validator(mode="after")
+    def _authenticators(self) -> IdentitySection:
+        if not self.authenticators:
+            raise ValueError("identity.authenticators is empty; list at least one sign-in method (e.g. type: native)")
+        kinds = [auth.type for auth in self.authenticators]
+        for kind in ("native", "github", "anonymous"):
+            if kinds.count(kind) > 1:
+                raise ValueError(f"identity.authenticators lists type {kind} {kinds.count(kind)} times; keep one")
+        names = [auth.name.lower() for auth in self.authenticators if isinstance(auth, OidcAuth)]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"oidc authenticator names must be unique; repeated: {', '.join(repeated)}")
+        return self
 
     @model_validator(mode="after")
     def _ranges_disjoint(self) -> IdentitySection:

@@ -85,6 +85,20 @@ SERVICES: list[Service] = [
         enabled_by=("node_exporter_enabled",),
     ),
     Service(
+        "jupyterhub",
+        "hub",
+        "jupyterhub.service",
+        8081,
+        probe="curl -fsS -o /dev/null --max-time 5 http://127.0.0.1:8081/hub/health",
+    ),
+    Service(
+        "jupyterhub-proxy",
+        "hub",
+        "jupyterhub-proxy.service",
+        8000,
+        probe="curl -fsS -o /dev/null --max-time 5 http://127.0.0.1:8000/hub/health",
+    ),
+    Service(
         "prometheus",
         "monitor",
         "prometheus.service",

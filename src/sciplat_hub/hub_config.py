@@ -1,0 +1,130 @@
+"""JupyterHub's configuration, from the settings the hub role renders.
+
+``/etc/jupyterhub/jupyterhub_config.py`` reads ``/etc/jupyterhub/sciplat.json``
+(0600) and calls `configure`. Secrets that JupyterHub reads from its
+environment (JPY_COOKIE_SECRET, JUPYTERHUB_CRYPT_KEY, CONFIGPROXY_AUTH_TOKEN)
+come from the unit's EnvironmentFile.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+TEMPLATES = Path(__file__).with_name("hub_templates")
+ADMIN_SERVICE = "sciplat-admin"
+
+
+def db_url(db: dict[str, Any]) -> str:
+    """SQLAlchemy URL of the hub's database: TLS verified against the platform CA."""
+    return (
+        f"postgresql+psycopg2://{quote(str(db['user']), safe='')}:{quote(str(db['password']), safe='')}"
+        f"@{db['host']}:{int(db['port'])}/{quote(str(db['name']), safe='')}"
+        f"?sslmode=verify-full&sslrootcert={quote(str(db['sslrootcert']))}"
+    )
+
+
+def culler_command(settings: dict[str, Any]) -> list[str]:
+    command = [
+        f"{settings['prefix']}/bin/python",
+        "-m",
+        "jupyterhub_idle_culler",
+        f"--timeout={int(settings['idle_timeout'])}",
+        f"--cull-every={int(settings['cull_every'])}",
+    ]
+    if int(settings.get("max_age", 0)) > 0:
+        command.append(f"--max-age={int(settings['max_age'])}")
+    return command
+
+
+def services(settings: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The hub's services and the roles that grant them their scopes."""
+    svc: list[dict[str, Any]] = [
+        {"name": "idle-culler", "command": culler_command(settings)},
+        {"name": ADMIN_SERVICE, "api_token": settings["admin_token"]},
+    ]
+    roles: list[dict[str, Any]] = [
+        {
+            "name": "idle-culler",
+            "scopes": ["list:users", "read:users:activity", "read:servers", "delete:servers"],
+            "services": ["idle-culler"],
+        },
+        {
+            "name": ADMIN_SERVICE,
+            "scopes": ["admin:users", "admin:servers", "tokens", "list:users", "read:users"],
+            "services": [ADMIN_SERVICE],
+        },
+    ]
+    tutorial = next((m for m in settings["authenticators"] if m.get("type") == "anonymous"), None)
+    if tutorial is not None:
+        svc.append(
+            {
+                "name": "tutorial-reaper",
+                "command": [
+                    f"{settings['prefix']}/bin/python",
+                    "-m",
+                    "sciplat_hub.hub_tutorial",
+                    f"--lifetime={int(tutorial.get('lifetime', 3600))}",
+                ],
+            }
+        )
+        roles.append(
+            {
+                "name": "tutorial-reaper",
+                "scopes": ["list:users", "read:users", "admin:users", "admin:servers"],
+                "services": ["tutorial-reaper"],
+            }
+        )
+    return svc, roles
+
+
+def configure(c: Any, settings: dict[str, Any]) -> None:
+    prefix = settings["prefix"]
+    hub = c.JupyterHub
+    hub.bind_url = f"http://:{int(settings['proxy_port'])}"
+    hub.hub_bind_url = f"http://127.0.0.1:{int(settings['hub_port'])}"
+    c.ConfigurableHTTPProxy.should_start = False
+    c.ConfigurableHTTPProxy.api_url = f"http://127.0.0.1:{int(settings['proxy_api_port'])}"
+    hub.db_url = db_url(settings["db"])
+    hub.cookie_secret_file = f"{settings['state_dir']}/jupyterhub_cookie_secret"
+    hub.pid_file = f"{settings['state_dir']}/jupyterhub.pid"
+    # servers outlive a hub restart (a new configuration, an upgrade)
+    hub.cleanup_servers = False
+    hub.log_level = settings.get("log_level", "INFO")
+    hub.template_paths = [str(TEMPLATES)]
+    hub.template_vars = {"platform_name": settings.get("platform_name", "sciplat")}
+    hub.allow_named_servers = True
+    hub.named_server_limit_per_user = int(settings["named_server_limit"])
+    hub.redirect_to_server = False
+    hub.services, hub.load_roles = services(settings)
+
+    hub.authenticator_class = "sciplat_hub.hub_auth.SciplatAuthenticator"
+    c.Authenticator.admin_users = set(settings["admin_users"])
+    c.Authenticator.enable_auth_state = True
+    c.SciplatAuthenticator.methods = settings["authenticators"]
+    c.SciplatAuthenticator.oauth_client_secrets = settings.get("oauth_client_secrets", {})
+    c.SciplatAuthenticator.public_url = settings["public_url"]
+
+    if settings.get("spawner", "systemd") != "systemd":
+        raise ValueError(f"spawner {settings['spawner']!r} is not supported by this hub; use systemd")
+    hub.spawner_class = "sciplat_hub.hub_spawner.SciplatSystemdSpawner"
+    from sciplat_hub.hub_spawner import provision_hook
+
+    spawner = c.Spawner
+    spawner.cmd = [f"{prefix}/bin/jupyterhub-singleuser"]
+    spawner.default_url = "/lab"
+    spawner.start_timeout = int(settings["start_timeout"])
+    spawner.http_timeout = int(settings["start_timeout"])
+    spawner.environment = {str(k): str(v) for k, v in (settings.get("user_environment") or {}).items()}
+    spawner.pre_spawn_hook = provision_hook
+    c.SystemdSpawner.isolate_tmp = True
+    c.SystemdSpawner.disable_user_sudo = True
+    c.SystemdSpawner.default_shell = "/bin/bash"
+    c.SystemdSpawner.extra_paths = [f"{prefix}/bin"]
+    c.SciplatSystemdSpawner.profiles = settings["profiles"]
+    tutorial = next((m for m in settings["authenticators"] if m.get("type") == "anonymous"), None)
+    c.SciplatSystemdSpawner.tutorial = dict(tutorial or {})
+    provision = settings.get("provision") or {}
+    c.SciplatSystemdSpawner.provision_python = provision.get("python", "/opt/sciplat/venv/bin/python")
+    c.SciplatSystemdSpawner.provision_timeout = int(provision.get("timeout", 120))
