@@ -105,6 +105,9 @@ def storage_vars(spec: PlatformSpec) -> dict[str, Any]:
         "ceph_user_quota": int(storage.user_quota),
         "ceph_group_quota": int(storage.group_quota),
         "ceph_home_quota": int(storage.home_quota),
+    }
+
+
 def _slurm_vars(spec: PlatformSpec) -> dict[str, Any]:
     """compute: partitions and default limits for the slurm_controller role."""
     compute = spec.compute

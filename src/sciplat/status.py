@@ -323,9 +323,14 @@ def collect(inventory_dir: Path, public_url: str, platform_name: str) -> dict[st
     groups, hostvars = inventory_hostvars(inventory_dir)
     ca_cert = inventory_dir / "pki" / "ca.crt"
     plan = {
-        host: [s for s in SERVICES if host in groups.get(s.group, []) and service_enabled(s, hostvars[host])]
         # a host in several groups of one service (single-node: hub and compute) checks it once
-        host: list({(s.name, s.unit): s for s in SERVICES if host in groups.get(s.group, [])}.values())
+        host: list(
+            {
+                (s.name, s.unit): s
+                for s in SERVICES
+                if host in groups.get(s.group, []) and service_enabled(s, hostvars[host])
+            }.values()
+        )
         for host in sorted(hostvars)
     }
     with ThreadPoolExecutor(max_workers=16) as pool:

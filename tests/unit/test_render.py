@@ -69,6 +69,8 @@ def test_identity_ranges_reach_directory_and_sssd() -> None:
     assert values["directory_uid_range"] == {"start": 30000, "end": 39999}
     assert values["directory_gid_range"] == {"start": 70000, "end": 79999}
     assert (values["ldap_client_min_id"], values["ldap_client_max_id"]) == (30000, 79999)
+
+
 def test_compute_section_becomes_slurm_controller_variables() -> None:
     values = role_vars(
         spec(
