@@ -223,3 +223,24 @@ def test_check_mode_previews_and_never_creates(tmp_path: Path, monkeypatch: pyte
     assert exc.value.exit_code == 1
     assert calls == ["preview"]
     assert not (inv / "hosts.yml").exists()
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"tls": {"mode": "acme"}}, "HTTP-01 challenge needs port 80"),
+        ({"cloud": {"hosts": [{"name": "gw", "groups": ["gateway", "hub", "directory", "db"]}]}}, "'monitor'"),
+        ({"cloud": {"compute": {"min_size": 0}}}, "at least one compute node"),
+        ({"cloud": {"compute": {"spot": {"enabled": True, "partitions": ["gpu"]}}}}, "'gpu', which is not in"),
+    ],
+)
+def test_spec_checks_before_anything_is_created(change: dict[str, Any], message: str) -> None:
+    from sciplat.cloud.config import check_spec_for_aws
+    from sciplat.spec import PlatformSpec
+
+    data = yaml.safe_load(BASE_SPEC)
+    for section, values in change.items():
+        data.setdefault(section, {}).update(values)
+    problems = check_spec_for_aws(PlatformSpec.model_validate(data))
+    assert any(message in p for p in problems), problems
+    assert check_spec_for_aws(PlatformSpec.model_validate(yaml.safe_load(BASE_SPEC))) == []
