@@ -244,3 +244,31 @@ def test_spec_checks_before_anything_is_created(change: dict[str, Any], message:
     problems = check_spec_for_aws(PlatformSpec.model_validate(data))
     assert any(message in p for p in problems), problems
     assert check_spec_for_aws(PlatformSpec.model_validate(yaml.safe_load(BASE_SPEC))) == []
+
+
+def test_cloud_inventory_and_down_drive_the_stack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    outputs = run_spec(spec_from()).outputs
+    calls: list[str] = []
+
+    class Out:
+        def __init__(self, value: Any) -> None:
+            self.value = value
+
+    class Created:
+        def outputs(self) -> dict[str, Any]:
+            calls.append("outputs")
+            return {k: Out(v) for k, v in outputs.items()}
+
+        def destroy(self, on_output: Any) -> None:
+            calls.append("destroy")
+
+    monkeypatch.setattr(cloud_cmd, "_stack", lambda inventory, spec: Created())
+    monkeypatch.setattr(inventory_mod, "compute_nodes", lambda pools, region: [])
+    inv = aws_inventory(tmp_path)
+    result = runner.invoke(app, ["cloud", "inventory", "-i", str(inv)])
+    assert result.exit_code == 0, result.output
+    assert "5 hosts, 0 compute nodes" in result.output and (inv / "hosts.yml").is_file()
+    refused = runner.invoke(app, ["cloud", "down", "-i", str(inv)], input="n\n")
+    assert refused.exit_code == 1 and "destroy" not in calls
+    result = runner.invoke(app, ["cloud", "down", "-i", str(inv), "--yes"])
+    assert result.exit_code == 0 and calls == ["outputs", "destroy"]

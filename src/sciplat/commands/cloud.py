@@ -146,7 +146,10 @@ def render_inventory(inventory: Path, spec: PlatformSpec, outputs: dict[str, Any
     except Exception as exc:  # boto3 raises many kinds; all mean "cannot list the pools"
         raise CloudError(f"cannot list the compute pools' instances: {exc}") from None
     hosts_path, vars_path = inventory_mod.write(inventory, outputs, nodes, private_key=private)
-    out.print(f"inventory: {hosts_path} ({len(outputs['hosts'])} hosts, {len(nodes)} compute nodes); {vars_path}")
+    out.print(
+        f"inventory: {hosts_path} ({len(outputs['hosts'])} hosts, {len(nodes)} compute nodes); {vars_path}",
+        soft_wrap=True,
+    )
 
 
 def provision(inventory: Path, out: Console, *, check: bool = False) -> None:
