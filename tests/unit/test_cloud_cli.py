@@ -141,8 +141,15 @@ def test_provision_runs_the_stack_then_writes_the_inventory(tmp_path: Path, monk
     class FakeStack:
         calls: ClassVar[list[str]] = []
 
-        def up(self, on_output: Any) -> Any:
+        def up(self, on_output: Any, **policy: list[str]) -> Any:
             FakeStack.calls.append("up")
+            (pack,) = policy["policy_packs"]
+            assert pack.endswith("stacks/aws/policy") and Path(pack, "PulumiPolicy.yaml").is_file()
+            (config,) = policy["policy_pack_configs"]
+            assert json.loads(Path(config).read_text()) == {
+                "sciplat-ingress": {"adminCidrs": ["192.0.2.0/24"]},
+                "sciplat-budgets": {"tenants": ["survey", "theory"]},
+            }
             on_output("Resources: 70 created\n")
             return type("R", (), {"outputs": {k: Out(v) for k, v in outputs.items()}})()
 
@@ -207,8 +214,9 @@ def test_check_mode_previews_and_never_creates(tmp_path: Path, monkeypatch: pyte
     calls: list[str] = []
 
     class NeverCreated:
-        def preview(self, on_output: Any) -> None:
+        def preview(self, on_output: Any, **policy: list[str]) -> None:
             calls.append("preview")
+            assert policy["policy_packs"]
 
         def up(self, on_output: Any) -> None:  # pragma: no cover - must not be called
             calls.append("up")
