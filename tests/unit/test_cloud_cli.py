@@ -141,8 +141,15 @@ def test_provision_runs_the_stack_then_writes_the_inventory(tmp_path: Path, monk
     class FakeStack:
         calls: ClassVar[list[str]] = []
 
-        def up(self, on_output: Any) -> Any:
+        def up(self, on_output: Any, **policy: list[str]) -> Any:
             FakeStack.calls.append("up")
+            (pack,) = policy["policy_packs"]
+            assert pack.endswith("stacks/aws/policy") and Path(pack, "PulumiPolicy.yaml").is_file()
+            (config,) = policy["policy_pack_configs"]
+            assert json.loads(Path(config).read_text()) == {
+                "sciplat-ingress": {"adminCidrs": ["192.0.2.0/24"]},
+                "sciplat-budgets": {"tenants": ["survey", "theory"]},
+            }
             on_output("Resources: 70 created\n")
             return type("R", (), {"outputs": {k: Out(v) for k, v in outputs.items()}})()
 
@@ -207,8 +214,9 @@ def test_check_mode_previews_and_never_creates(tmp_path: Path, monkeypatch: pyte
     calls: list[str] = []
 
     class NeverCreated:
-        def preview(self, on_output: Any) -> None:
+        def preview(self, on_output: Any, **policy: list[str]) -> None:
             calls.append("preview")
+            assert policy["policy_packs"]
 
         def up(self, on_output: Any) -> None:  # pragma: no cover - must not be called
             calls.append("up")
@@ -223,3 +231,52 @@ def test_check_mode_previews_and_never_creates(tmp_path: Path, monkeypatch: pyte
     assert exc.value.exit_code == 1
     assert calls == ["preview"]
     assert not (inv / "hosts.yml").exists()
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"tls": {"mode": "acme"}}, "HTTP-01 challenge needs port 80"),
+        ({"cloud": {"hosts": [{"name": "gw", "groups": ["gateway", "hub", "directory", "db"]}]}}, "'monitor'"),
+        ({"cloud": {"compute": {"min_size": 0}}}, "at least one compute node"),
+        ({"cloud": {"compute": {"spot": {"enabled": True, "partitions": ["gpu"]}}}}, "'gpu', which is not in"),
+    ],
+)
+def test_spec_checks_before_anything_is_created(change: dict[str, Any], message: str) -> None:
+    from sciplat.cloud.config import check_spec_for_aws
+    from sciplat.spec import PlatformSpec
+
+    data = yaml.safe_load(BASE_SPEC)
+    for section, values in change.items():
+        data.setdefault(section, {}).update(values)
+    problems = check_spec_for_aws(PlatformSpec.model_validate(data))
+    assert any(message in p for p in problems), problems
+    assert check_spec_for_aws(PlatformSpec.model_validate(yaml.safe_load(BASE_SPEC))) == []
+
+
+def test_cloud_inventory_and_down_drive_the_stack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    outputs = run_spec(spec_from()).outputs
+    calls: list[str] = []
+
+    class Out:
+        def __init__(self, value: Any) -> None:
+            self.value = value
+
+    class Created:
+        def outputs(self) -> dict[str, Any]:
+            calls.append("outputs")
+            return {k: Out(v) for k, v in outputs.items()}
+
+        def destroy(self, on_output: Any) -> None:
+            calls.append("destroy")
+
+    monkeypatch.setattr(cloud_cmd, "_stack", lambda inventory, spec: Created())
+    monkeypatch.setattr(inventory_mod, "compute_nodes", lambda pools, region: [])
+    inv = aws_inventory(tmp_path)
+    result = runner.invoke(app, ["cloud", "inventory", "-i", str(inv)])
+    assert result.exit_code == 0, result.output
+    assert "5 hosts, 0 compute nodes" in result.output and (inv / "hosts.yml").is_file()
+    refused = runner.invoke(app, ["cloud", "down", "-i", str(inv)], input="n\n")
+    assert refused.exit_code == 1 and "destroy" not in calls
+    result = runner.invoke(app, ["cloud", "down", "-i", str(inv), "--yes"])
+    assert result.exit_code == 0 and calls == ["outputs", "destroy"]

@@ -26,15 +26,19 @@ SECRETS = {"minio_root_password": "a-root-password-for-tests", "minio_user_key_s
 
 
 def run_play(
-    tmp_path: Path, hosts: dict[str, dict[str, Any]], tasks: list[dict[str, Any]], *options: str, **extra: Any
+    tmp_path: Path, hosts: dict[str, dict[str, Any]], tasks: list[dict[str, Any]] | str, *options: str, **extra: Any
 ) -> Any:
+    """ansible-playbook on localhost: `tasks` for hosts of group storage, or a whole playbook (text)."""
     inventory = {"all": {"children": {"storage": {"hosts": hosts}, "hub": {"hosts": {"hub1": {}}}}}}
     for host in [*hosts, "hub1"]:
         (hosts.get(host) or {}).setdefault("ansible_connection", "local")
     inventory["all"]["children"]["hub"]["hosts"]["hub1"] = {"ansible_connection": "local"}
     (tmp_path / "hosts.yml").write_text(yaml.safe_dump(inventory))
-    play = [{"name": "minio role test", "hosts": "storage", "gather_facts": False, "tasks": tasks}]
-    (tmp_path / "play.yml").write_text(yaml.safe_dump(play))
+    if isinstance(tasks, str):
+        (tmp_path / "play.yml").write_text(tasks)
+    else:
+        play = [{"name": "minio role test", "hosts": "storage", "gather_facts": False, "tasks": tasks}]
+        (tmp_path / "play.yml").write_text(yaml.safe_dump(play))
     (tmp_path / "vars.json").write_text(json.dumps({**SECRETS, **extra, "out": str(tmp_path)}))
     env = {
         **os.environ,
@@ -100,9 +104,8 @@ def test_preflight_distributed_needs_the_same_drives_everywhere(tmp_path: Path) 
 
 
 RENDER = [
-    *PREFLIGHT,
     {
-        "name": "load the role's defaults and vars into the play",
+        "name": "preflight, and the role's defaults and vars into the play",
         "ansible.builtin.include_role": {"name": "minio", "tasks_from": "preflight", "public": True},
     },
     {
@@ -165,33 +168,6 @@ def test_templates_distributed_erasure_coded_over_every_drive(tmp_path: Path) ->
     assert store.credentials("alice").endpoint == "https://s3.example.org"
 
 
-@pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="needs systemd-analyze")
-def test_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
-    """What the role's validate: runs, on the rendered unit (a stand-in executable as the
-    binary, since systemd checks that ExecStart exists)."""
-    binary = tmp_path / "minio"
-    binary.write_text("#!/bin/sh\n")
-    binary.chmod(0o755)
-    drive = tmp_path / "d1"
-    drive.mkdir()
-    result = run_play(
-        tmp_path,
-        {"s1": {"minio_drives": [str(drive)]}},
-        RENDER,
-        minio_binary_local_path=str(binary),
-        minio_binary_release=RELEASE,
-        __minio_binary=str(binary),
-        minio_user="root",
-    )
-    assert result.returncode == 0, result.stdout[-3000:]
-    unit = tmp_path / "unit" / "minio.service"
-    unit.parent.mkdir()
-    unit.write_text((tmp_path / "s1-minio.service").read_text())
-    verify = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60)
-    assert verify.returncode == 0, verify.stderr
-    assert f"ExecStart={binary} server" in unit.read_text()
-
-
 def test_templates_single_node_multi_drive(tmp_path: Path) -> None:
     binary = tmp_path / "minio"
     binary.write_text("#!/bin/sh\n")
@@ -208,29 +184,89 @@ def test_templates_single_node_multi_drive(tmp_path: Path) -> None:
     assert 'MINIO_SERVER_URL="https://s1:9000"' in env  # no public URL: the node itself
     client = json.loads((tmp_path / "client" / "client.json").read_text())
     assert client["admin_endpoint"] == client["endpoint"] == "https://s1:9000"
+    assert "ProtectHome=true" in (tmp_path / "s1-minio.service").read_text()
 
 
-def test_check_mode_on_a_new_host_does_not_fail(tmp_path: Path) -> None:
-    """The whole role in check mode against this machine (no MinIO, no pki files, nothing
-    changed: check mode writes nothing)."""
+@pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="needs systemd-analyze")
+def test_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
+    """What the role's validate: runs, on the rendered unit (a stand-in executable as the
+    binary, since systemd checks that ExecStart exists; only the unit is rendered)."""
     binary = tmp_path / "minio"
     binary.write_text("#!/bin/sh\n")
-    tasks = [{"name": "the role", "ansible.builtin.include_role": {"name": "minio"}}]
+    binary.chmod(0o755)
+    drive = tmp_path / "d1"
+    drive.mkdir()
+    tasks = [
+        {"name": "vars", "ansible.builtin.include_role": {"name": "minio", "tasks_from": "preflight", "public": True}},
+        {
+            "name": "render",
+            "ansible.builtin.template": {
+                "src": f"{ROLE}/templates/minio.service.j2",
+                "dest": "{{ out }}/unit/minio.service",
+                "mode": "0600",
+            },
+        },
+    ]
+    (tmp_path / "unit").mkdir()
     result = run_play(
         tmp_path,
-        {"s1": {"minio_drives": [str(tmp_path / "d1")]}},
+        {"s1": {"minio_drives": [str(drive)]}},
         tasks,
-        "--check",
-        "--diff",
         minio_binary_local_path=str(binary),
         minio_binary_release=RELEASE,
+        __minio_binary=str(binary),
+        minio_user="root",
     )
     assert result.returncode == 0, result.stdout[-3000:]
-    assert "failed=0" in result.stdout
-    assert not (tmp_path / "d1").exists()
-    assert "a-root-password-for-tests" not in result.stdout  # no_log on the environment file
+    unit = tmp_path / "unit" / "minio.service"
+    verify = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60)
+    assert verify.returncode == 0, verify.stderr
+    assert f"ExecStart={binary} server" in unit.read_text()
 
 
 @pytest.mark.parametrize("path", sorted((ROLE / "tasks").glob("*.yml")), ids=lambda p: p.name)
 def test_task_files_parse(path: Path) -> None:
     assert isinstance(yaml.safe_load(path.read_text()), list)
+
+
+SITE_PLAYS = """
+- name: MinIO object storage (storage.backend minio)
+  hosts: storage
+  gather_facts: false
+  roles:
+    - role: minio
+      when: sciplat_storage_backend | default('ceph') == 'minio'
+
+- name: MinIO admin settings for the hub (storage.backend minio)
+  hosts: hub
+  gather_facts: false
+  tasks:
+    - name: /etc/sciplat/storage/client.json
+      ansible.builtin.include_role:
+        name: minio
+        tasks_from: client
+      when: sciplat_storage_backend | default('ceph') == 'minio'
+"""
+
+
+@pytest.mark.parametrize("backend", ["ceph", "minio"])
+def test_site_plays_in_check_mode(tmp_path: Path, backend: str) -> None:
+    """The plays docs/roles/minio.md gives for site.yml, in check mode against this machine
+    as a new host (no MinIO, no pki files; check mode changes nothing): with another
+    backend they skip everything (no binary needed); with minio the whole role and the
+    hub's client settings run without failing."""
+    extra: dict[str, Any] = {"sciplat_storage_backend": backend}
+    if backend == "minio":
+        binary = tmp_path / "minio"
+        binary.write_text("#!/bin/sh\n")
+        extra |= {"minio_binary_local_path": str(binary), "minio_binary_release": RELEASE}
+    result = run_play(tmp_path, {"s1": {"minio_drives": [str(tmp_path / "d1")]}}, SITE_PLAYS, "--check", **extra)
+    assert result.returncode == 0, result.stdout[-3000:]
+    recap = result.stdout[result.stdout.rindex("PLAY RECAP") :]
+    assert "failed=0" in recap
+    if backend == "ceph":
+        assert "changed=0" in recap and "ok=0" in recap.split("s1")[1].split("\n")[0]
+    else:
+        assert "Client | Storage admin settings" in result.stdout
+        assert not (tmp_path / "d1").exists()  # check mode wrote nothing
+        assert "a-root-password-for-tests" not in result.stdout  # no_log on the secrets

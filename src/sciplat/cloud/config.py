@@ -214,6 +214,24 @@ def check_spec_for_aws(spec: PlatformSpec) -> list[str]:
     for tenant in spec.cloud.tenants:
         if tenant.budget_monthly_usd is None:
             problems.append(f"cloud.tenants: {tenant.name!r} has no budget_monthly_usd; every tenant has a budget")
+    if spec.tls.mode == "acme":
+        problems.append(
+            "tls.mode is 'acme', whose HTTP-01 challenge needs port 80; on AWS only 443 (and 22 from "
+            "cloud.admin_cidrs) is open: use tls.mode provided or internal-ca"
+        )
+    served = {g for h in spec.cloud.hosts for g in h.groups}
+    for group, why in spec.required_groups().items():
+        if group in ("storage", "compute") or group in served:
+            continue
+        problems.append(f"no host in cloud.hosts serves {group!r}, needed for {why}; add it to a host's groups")
+    pools_min = spec.cloud.compute.min_size + (
+        spec.cloud.compute.spot.min_size if spec.cloud.compute.spot.enabled else 0
+    )
+    if spec.compute.scheduler == "slurm" and pools_min == 0:
+        problems.append(
+            "cloud.compute.min_size is 0 (and no spot minimum): Slurm needs at least one compute node "
+            "in the inventory; set min_size to 1 or more"
+        )
     partitions = {p.name for p in spec.compute.partitions}
     if spec.cloud.compute.spot.enabled:
         for name in spec.cloud.compute.spot.partitions:

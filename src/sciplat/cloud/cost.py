@@ -291,7 +291,7 @@ def onprem_costs(use: Mapping[str, Mapping[str, float]], rates: Rates, month: st
             + Decimal(str(u["mydb_bytes"])) / GIB * Decimal(str(rates.mydb_gib_month_usd))
         )
         if amount:
-            costs[(name if name != UNASSIGNED else UNASSIGNED, "use")] = amount
+            costs[(name, "use")] = amount
     if rates.fixed_monthly_usd:
         costs[(SHARED_TENANT, "fixed")] = Decimal(str(rates.fixed_monthly_usd))
     check_month(month)

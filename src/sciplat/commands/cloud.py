@@ -126,6 +126,19 @@ def _stack(inventory: Path, spec: PlatformSpec) -> Any:
     return stack
 
 
+def policy_args(inventory: Path, spec: PlatformSpec) -> dict[str, list[str]]:
+    """The sciplat policy pack and its configuration, enforced on every preview and up."""
+    assert spec.cloud is not None
+    config = {
+        "sciplat-ingress": {"adminCidrs": list(spec.cloud.admin_cidrs)},
+        "sciplat-budgets": {"tenants": [t.name for t in spec.cloud.tenants]},
+    }
+    path = (inventory / ".sciplat" / "pulumi-policy-config.json").resolve()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(config, indent=2) + "\n")
+    return {"policy_packs": [str(repo_root() / "stacks" / "aws" / "policy")], "policy_pack_configs": [str(path)]}
+
+
 def _checked(inventory: Path) -> PlatformSpec:
     spec = load_spec(inventory)
     problems = cloud_config.check_spec_for_aws(spec)
@@ -146,7 +159,10 @@ def render_inventory(inventory: Path, spec: PlatformSpec, outputs: dict[str, Any
     except Exception as exc:  # boto3 raises many kinds; all mean "cannot list the pools"
         raise CloudError(f"cannot list the compute pools' instances: {exc}") from None
     hosts_path, vars_path = inventory_mod.write(inventory, outputs, nodes, private_key=private)
-    out.print(f"inventory: {hosts_path} ({len(outputs['hosts'])} hosts, {len(nodes)} compute nodes); {vars_path}")
+    out.print(
+        f"inventory: {hosts_path} ({len(outputs['hosts'])} hosts, {len(nodes)} compute nodes); {vars_path}",
+        soft_wrap=True,
+    )
 
 
 def provision(inventory: Path, out: Console, *, check: bool = False) -> None:
@@ -164,7 +180,7 @@ def provision(inventory: Path, out: Console, *, check: bool = False) -> None:
         print_line = lambda line: out.print(line, highlight=False, markup=False, end="")  # noqa: E731
         if check:
             out.print(f"pulumi preview: stack {spec.platform.name} in {spec.cloud.region}")
-            stack.preview(on_output=print_line)
+            stack.preview(on_output=print_line, **policy_args(inventory, spec))
             outputs = {k: v.value for k, v in stack.outputs().items()}
             if not outputs:
                 raise CloudError(
@@ -172,7 +188,7 @@ def provision(inventory: Path, out: Console, *, check: bool = False) -> None:
                 )
         else:
             out.print(f"pulumi up: stack {spec.platform.name} in {spec.cloud.region}")
-            result = stack.up(on_output=print_line)
+            result = stack.up(on_output=print_line, **policy_args(inventory, spec))
             outputs = {k: v.value for k, v in result.outputs.items()}
         render_inventory(inventory, spec, outputs, out)
     except (CloudError, cloud_config.CloudConfigError) as exc:
