@@ -169,7 +169,7 @@ def _monitor_filters() -> Any:
 DECLARED_TARGETS = [
     {"job": "node", "group": "all", "port": 9100},
     {"job": "postgres", "group": "db", "port": "9187"},
-    {"job": "hub", "group": "hub", "port": 8081, "path": "/hub/metrics", "bearer_token": "s3cret"},
+    {"job": "hub", "group": "hub", "port": 8000, "path": "/hub/metrics", "bearer_token": "s3cret"},
     {"job": "ceph", "group": "storage", "port": 9283, "scheme": "https"},
     {"job": "slurm", "group": "slurm_controller", "port": 9341},
 ]
