@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 import pytest
 import yaml
+from cryptography import x509
 
 from tests.integration.conftest import INVENTORY, PUBLIC_URL
 
@@ -60,7 +61,7 @@ def scan(deployed: dict[str, Any], ca_cert: Path) -> Any:
 
 
 def test_mozilla_intermediate(scan: Any) -> None:
-    intermediate = MozillaTlsConfiguration.get(TlsConfigurationEnum.INTERMEDIATE)
+    intermediate = MozillaTlsConfiguration.get(TlsConfigurationEnum.MOZILLA_INTERMEDIATE)
     try:
         check_server_against_tls_configuration(scan, intermediate)
     except ServerNotCompliantWithTlsConfiguration as problem:
@@ -80,7 +81,10 @@ def test_no_legacy_protocols_and_tls13_offered(scan: Any) -> None:
 def test_certificate_chain_verifies_against_the_platform_ca(scan: Any) -> None:
     deployments = scan.scan_result.certificate_info.result.certificate_deployments
     assert deployments and all(d.verified_certificate_chain for d in deployments)
-    assert all(d.leaf_certificate_subject_matches_hostname for d in deployments)
+    for deployment in deployments:
+        leaf = deployment.received_certificate_chain[0]
+        names = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        assert PLATFORM["domain"] in names.get_values_for_type(x509.DNSName), names
 
 
 def test_plain_http_redirects_to_https(deployed: dict[str, Any], ca_cert: Path) -> None:
