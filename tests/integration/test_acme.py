@@ -93,7 +93,8 @@ def pebble(deployed: dict[str, Any], host_of: Callable[[str], Any]) -> Iterator[
         yield gw
     finally:
         gw.run(f"systemctl stop {PEBBLE_UNIT}; systemctl reset-failed {PEBBLE_UNIT}")
-        gw.run(f"sed -i '/{HOSTS_MARK}/d' /etc/hosts")
+        # /etc/hosts may be a bind mount (containers): rewrite it in place, never rename over it.
+        gw.run(f"grep -v '{HOSTS_MARK}' /etc/hosts > /tmp/hosts.sciplat && cat /tmp/hosts.sciplat > /etc/hosts")
         gw.run("certbot delete --non-interactive --cert-name sciplat-gateway")
         sciplat("up", "-i", str(INVENTORY), "-t", "pki,gateway")
 
