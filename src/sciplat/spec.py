@@ -123,7 +123,10 @@ class TlsSection(Section):
     acme: AcmeSettings = Field(default_factory=AcmeSettings)
     provided: ProvidedCertificate | None = None
     ca_validity: Duration = Field(default=10 * 365 * 86400, description="Lifetime of the internal CA.")
-    cert_validity: Duration = Field(default=397 * 86400, description="Lifetime of host certificates.")
+    cert_validity: Duration = Field(
+        default=365 * 86400,
+        description="Lifetime of host certificates (Mozilla's intermediate TLS configuration allows at most 366 days).",
+    )
 
     @model_validator(mode="after")
     def _mode_inputs(self) -> TlsSection:

@@ -39,7 +39,7 @@ def out(v):
     if dataclasses.is_dataclass(v):
         v = dataclasses.asdict(v)
     elif isinstance(v, list):
-        v = [dataclasses.asdict(x) for x in v]
+        v = [dataclasses.asdict(x) if dataclasses.is_dataclass(x) else x for x in v]
     print(json.dumps(v))
 """
 
@@ -221,3 +221,21 @@ def test_directory_ports_closed_to_other_machines(deployed: dict[str, Any]) -> N
     for port in (389, 636):
         with pytest.raises(OSError), socket.create_connection((address_of(DIRECTORY), port), timeout=3):
             pass
+
+
+def test_concurrent_allocations_get_distinct_numbers(hub_py: Callable[[str], Any]) -> None:
+    # Eight writers with their own connections race for gids; the compare-and-swap
+    # on the allocator must give each a different number.
+    code = """
+from concurrent.futures import ThreadPoolExecutor
+names = [f'dirtest-par-{i}' for i in range(8)]
+for name in names:
+    d.delete_group(name)
+def make(name):
+    return Directory.from_host_config().ensure_group(name).gid
+with ThreadPoolExecutor(8) as pool:
+    gids = list(pool.map(make, names))
+out(gids)
+"""
+    gids = hub_py(code)
+    assert len(gids) == 8 and len(set(gids)) == 8, f"gids handed out twice: {gids}"
