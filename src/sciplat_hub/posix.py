@@ -14,6 +14,7 @@ mode and quota, and never touches the files inside.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -88,10 +89,8 @@ class Posix:
 
     @staticmethod
     def _ensure_dir(path: Path, uid: int, gid: int, mode: int) -> None:
-        try:
+        with contextlib.suppress(FileExistsError):
             os.mkdir(path, 0o700)
-        except FileExistsError:
-            pass
         info = os.lstat(path)
         if not stat.S_ISDIR(info.st_mode):
             raise PosixError(f"{path} exists and is not a directory; move it away and retry")

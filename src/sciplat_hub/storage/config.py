@@ -29,11 +29,10 @@ def load_config(path: Path = CONFIG_FILE) -> dict[str, Any]:
         ) from None
     except (OSError, ValueError) as exc:
         raise StorageError(f"cannot read {path}: {exc}") from None
-    if not isinstance(config, dict) or config.get("backend") not in BACKENDS:
-        raise StorageError(
-            f"{path}: 'backend' must be one of {', '.join(BACKENDS)}, got {config.get('backend') if isinstance(config, dict) else config!r}"
-        )
-    return config
+    backend = config.get("backend") if isinstance(config, dict) else config
+    if backend not in BACKENDS:
+        raise StorageError(f"{path}: 'backend' must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    return dict(config)
 
 
 def from_config(config: dict[str, Any]) -> ObjectStore:

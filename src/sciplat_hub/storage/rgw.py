@@ -132,7 +132,9 @@ class RgwStore(ObjectStore):
             raise StorageError(f"RGW admin {method} /admin/{resource} {params} failed: HTTP {status} {_code(body)}")
         return json.loads(body) if body.strip() else None
 
-    def _s3(self, method: str, bucket: str, keys: tuple[str, str], params: dict[str, str] | None = None, body: bytes = b"") -> tuple[int, bytes]:
+    def _s3(
+        self, method: str, bucket: str, keys: tuple[str, str], params: dict[str, str] | None = None, body: bytes = b""
+    ) -> tuple[int, bytes]:
         return self._request(method, f"/{bucket}", params, body=body, keys=keys)
 
     # ------------------------------------------------------------ users
@@ -152,9 +154,7 @@ class RgwStore(ObjectStore):
 
     @staticmethod
     def _keys_of(info: dict[str, Any], uid: str) -> tuple[str, str]:
-        keys = sorted(
-            (k for k in info.get("keys", []) if k.get("user") == uid), key=lambda k: str(k.get("access_key"))
-        )
+        keys = sorted((k for k in info.get("keys", []) if k.get("user") == uid), key=lambda k: str(k.get("access_key")))
         if not keys:
             raise StorageError(f"RGW user {uid} has no S3 keys")
         return keys[0]["access_key"], keys[0]["secret_key"]
@@ -276,7 +276,9 @@ class RgwStore(ObjectStore):
                     bucket=str(item.get("bucket")),
                     bytes_used=int(main.get("size", 0)),
                     objects=int(main.get("num_objects", 0)),
-                    quota_bytes=int(quota["max_size"]) if quota.get("enabled") and int(quota.get("max_size", -1)) > 0 else None,
+                    quota_bytes=int(quota["max_size"])
+                    if quota.get("enabled") and int(quota.get("max_size", -1)) > 0
+                    else None,
                 )
             )
         return sorted(found, key=lambda b: b.bucket)
@@ -327,4 +329,6 @@ def from_config(config: dict[str, Any]) -> RgwStore:
             ca_file=config.get("ca_file"),
         )
     except KeyError as exc:
-        raise StorageError(f"the RGW settings lack {exc.args[0]!r} (admin_endpoints, access_key, secret_key, public_endpoint)") from None
+        raise StorageError(
+            f"the RGW settings lack {exc.args[0]!r} (admin_endpoints, access_key, secret_key, public_endpoint)"
+        ) from None
