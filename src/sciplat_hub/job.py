@@ -214,7 +214,8 @@ def job_info(job_id: str) -> dict[str, Any]:
         meta = json.loads(info.get("comment") or "{}")
     except json.JSONDecodeError:
         meta = {}
-    info["files"] = meta.get("files", {}) if isinstance(meta, dict) and meta.get(MARKER) else {}
+    files = meta.get("files", {}) if isinstance(meta, dict) and meta.get(MARKER) else {}
+    info["files"] = {key: str(value).replace("{jobid}", job_id) for key, value in files.items()}
     return info
 
 
