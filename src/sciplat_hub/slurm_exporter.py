@@ -30,7 +30,15 @@ SSHARE = [
     "--format=Account,User,RawShares,FairShare,GrpTRESMins,GrpTRESRaw",
 ]
 SACCT_WINDOW = 3600  # finished jobs of the last hour
-SACCT = ["sacct", "--noheader", "--parsable2", "--allusers", "--allocations", "--format=State,Partition,Account"]
+SACCT = [
+    "sacct",
+    "--noheader",
+    "--parsable2",
+    "--allusers",
+    "--allocations",
+    "--endtime=now",
+    "--format=State,Partition,Account",
+]
 
 Runner = Callable[[list[str]], str]
 

@@ -1,4 +1,9 @@
-"""The Slurm collector's parsers and exposition, fed with recorded command output."""
+"""The Slurm collector's parsers and exposition, fed with recorded command output.
+
+tests/unit/data/slurm/ holds output recorded on the test bed with the collector's
+own format options (sinfo lists a node once per partition; sshare indents
+accounts by depth), with a drained node, usage and an allocation edited in.
+"""
 
 from __future__ import annotations
 
