@@ -322,7 +322,7 @@ def submit(args: argparse.Namespace) -> dict[str, Any]:
     if done.returncode != 0:
         raise JobError(f"Slurm refused the job: {done.stderr.strip()}")
     job_id = done.stdout.strip().split(";")[0]
-    result = {"job_id": job_id, "files": paths_for(notebook, job_id), "parameters": parameters}
+    result: dict[str, Any] = {"job_id": job_id, "files": paths_for(notebook, job_id), "parameters": parameters}
     # A job that cannot start is explained at once, not left to be discovered.
     deadline = time.monotonic() + args.wait
     info: dict[str, Any] = {}

@@ -314,7 +314,7 @@ def collect(runner: Runner = run, now: float | None = None) -> str:
 
 
 class Handler(BaseHTTPRequestHandler):
-    runner: Runner = staticmethod(run)  # type: ignore[assignment]
+    runner: Runner = staticmethod(run)
 
     def do_GET(self) -> None:
         if self.path.split("?")[0] not in ("/metrics", "/"):
