@@ -150,6 +150,13 @@ def test_sbatch_from_the_hub_runs_on_a_compute_node(slurm_user: str, host_of: Ca
     assert host_of(node).file(f"/tmp/slurmtest-{job_id}.out").content_string.split() == [node, USER]
 
 
+def test_srun_from_the_hub_reaches_both_nodes(slurm_user: str, host_of: Callable[[str], Any]) -> None:
+    # srun's steps connect back to the hub on SrunPortRange (the firewall declaration)
+    done = as_user(host_of(SUBMIT), "timeout 90 srun --nodes=2 --mem=50M hostname")
+    assert done.rc == 0, done.stderr
+    assert sorted(done.stdout.split()) == sorted(NODES)
+
+
 def test_memory_overuse_is_killed_by_the_cgroup(slurm_user: str, host_of: Callable[[str], Any]) -> None:
     gw = host_of(SUBMIT)
     hog = "python3 -c 'import time; b = bytearray(400 * 2**20); time.sleep(3)'"
