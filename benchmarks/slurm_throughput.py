@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
 import subprocess
 import time
 import uuid
@@ -79,6 +78,7 @@ def main() -> None:
         "jobs": len(rows),
         "failed": len(failed),
         "submit_seconds": round(submitted, 1),
+        "submit_to_start_min_s": min(latency),
         "submit_to_start_p50_s": percentile(latency, 0.5),
         "submit_to_start_p95_s": percentile(latency, 0.95),
         "submit_to_start_max_s": max(latency),
@@ -89,8 +89,6 @@ def main() -> None:
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
-    if statistics.fmean(latency) < 0:
-        raise SystemExit("clock went backwards")
 
 
 if __name__ == "__main__":

@@ -214,7 +214,8 @@ def job_info(job_id: str) -> dict[str, Any]:
         meta = json.loads(info.get("comment") or "{}")
     except json.JSONDecodeError:
         meta = {}
-    info["files"] = meta.get("files", {}) if isinstance(meta, dict) and meta.get(MARKER) else {}
+    files = meta.get("files", {}) if isinstance(meta, dict) and meta.get(MARKER) else {}
+    info["files"] = {key: str(value).replace("{jobid}", job_id) for key, value in files.items()}
     return info
 
 
@@ -321,7 +322,7 @@ def submit(args: argparse.Namespace) -> dict[str, Any]:
     if done.returncode != 0:
         raise JobError(f"Slurm refused the job: {done.stderr.strip()}")
     job_id = done.stdout.strip().split(";")[0]
-    result = {"job_id": job_id, "files": paths_for(notebook, job_id), "parameters": parameters}
+    result: dict[str, Any] = {"job_id": job_id, "files": paths_for(notebook, job_id), "parameters": parameters}
     # A job that cannot start is explained at once, not left to be discovered.
     deadline = time.monotonic() + args.wait
     info: dict[str, Any] = {}

@@ -30,7 +30,15 @@ SSHARE = [
     "--format=Account,User,RawShares,FairShare,GrpTRESMins,GrpTRESRaw",
 ]
 SACCT_WINDOW = 3600  # finished jobs of the last hour
-SACCT = ["sacct", "--noheader", "--parsable2", "--allusers", "--allocations", "--format=State,Partition,Account"]
+SACCT = [
+    "sacct",
+    "--noheader",
+    "--parsable2",
+    "--allusers",
+    "--allocations",
+    "--endtime=now",
+    "--format=State,Partition,Account",
+]
 
 Runner = Callable[[list[str]], str]
 
@@ -51,11 +59,14 @@ def base_state(state: str) -> str:
 
 
 def parse_sinfo(text: str) -> list[dict[str, str]]:
+    """One entry per node (sinfo --Node lists a node once per partition)."""
     nodes = []
+    seen: set[str] = set()
     for line in text.splitlines():
         parts = line.strip().split("|")
-        if len(parts) < 8:
+        if len(parts) < 8 or parts[0] in seen:
             continue
+        seen.add(parts[0])
         name, state, cpus, memory, load, free_mem, cpu_states, reason = parts[:8]
         allocated, idle, other, total = ([*cpu_states.split("/"), "0", "0", "0", "0"])[:4]
         nodes.append(
@@ -157,21 +168,22 @@ def _escape(value: str) -> str:
 
 
 class Metrics:
+    """Samples grouped by metric family (the text format wants each family in one block)."""
+
     def __init__(self) -> None:
-        self._lines: list[str] = []
-        self._seen: set[str] = set()
+        self._families: dict[str, tuple[str, str, list[str]]] = {}
 
     def add(self, name: str, kind: str, help_text: str, value: float, **labels: str) -> None:
-        if name not in self._seen:
-            self._seen.add(name)
-            self._lines.append(f"# HELP {name} {help_text}")
-            self._lines.append(f"# TYPE {name} {kind}")
+        family = self._families.setdefault(name, (kind, help_text, []))
         label_text = ",".join(f'{key}="{_escape(str(val))}"' for key, val in labels.items())
         number = repr(float(value)) if value != int(value) else str(int(value))
-        self._lines.append(f"{name}{{{label_text}}} {number}" if label_text else f"{name} {number}")
+        family[2].append(f"{name}{{{label_text}}} {number}" if label_text else f"{name} {number}")
 
     def text(self) -> str:
-        return "\n".join(self._lines) + "\n"
+        lines: list[str] = []
+        for name, (kind, help_text, samples) in self._families.items():
+            lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", *samples]
+        return "\n".join(lines) + "\n"
 
 
 NODE_STATES = ("idle", "mixed", "allocated", "completing", "drained", "draining", "down", "reserved", "unknown")
@@ -302,7 +314,7 @@ def collect(runner: Runner = run, now: float | None = None) -> str:
 
 
 class Handler(BaseHTTPRequestHandler):
-    runner: Runner = staticmethod(run)  # type: ignore[assignment]
+    runner: Runner = staticmethod(run)
 
     def do_GET(self) -> None:
         if self.path.split("?")[0] not in ("/metrics", "/"):

@@ -126,7 +126,7 @@ def test_controller_accounting_and_nodes_are_up(host_of: Callable[[str], Any]) -
     for name in NODES:
         assert host_of(name).service("slurmd").is_running
     states = data.check_output("sinfo --noheader --Node --format='%N %T'").splitlines()
-    assert sorted(line.split()[0] for line in states) == sorted(NODES)
+    assert sorted({line.split()[0] for line in states}) == sorted(NODES)  # once per partition
     partitions = data.check_output("sinfo --noheader --format='%P %l'").split()
     # platform.yaml's default partitions; the default one is marked with '*'
     assert "interactive*" in partitions and "batch" in partitions
@@ -148,6 +148,13 @@ def test_sbatch_from_the_hub_runs_on_a_compute_node(slurm_user: str, host_of: Ca
     assert node in NODES
     # homes are not shared yet: the output is on the node that ran the job
     assert host_of(node).file(f"/tmp/slurmtest-{job_id}.out").content_string.split() == [node, USER]
+
+
+def test_srun_from_the_hub_reaches_both_nodes(slurm_user: str, host_of: Callable[[str], Any]) -> None:
+    # srun's steps connect back to the hub on SrunPortRange (the firewall declaration)
+    done = as_user(host_of(SUBMIT), "timeout 90 srun --nodes=2 --mem=50M hostname")
+    assert done.rc == 0, done.stderr
+    assert sorted(done.stdout.split()) == sorted(NODES)
 
 
 def test_memory_overuse_is_killed_by_the_cgroup(slurm_user: str, host_of: Callable[[str], Any]) -> None:
@@ -296,7 +303,8 @@ def test_stopped_slurmd_marks_the_node_down_and_comes_back(host_of: Callable[[st
     data, c2 = host_of("data"), host_of("c2")
 
     def state() -> str:
-        return str(data.check_output("sinfo --noheader --Node --nodes=c2 --format=%T")).strip()
+        # one line per partition: the first is enough
+        return str(data.check_output("sinfo --noheader --Node --nodes=c2 --format=%T | head -n1")).strip()
 
     c2.check_output("systemctl stop slurmd")
     try:

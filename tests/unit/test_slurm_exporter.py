@@ -1,4 +1,9 @@
-"""The Slurm collector's parsers and exposition, fed with recorded command output."""
+"""The Slurm collector's parsers and exposition, fed with recorded command output.
+
+tests/unit/data/slurm/ holds output recorded on the test bed with the collector's
+own format options (sinfo lists a node once per partition; sshare indents
+accounts by depth), with a drained node, usage and an allocation edited in.
+"""
 
 from __future__ import annotations
 
@@ -68,3 +73,10 @@ def test_a_failing_command_is_reported_not_raised() -> None:
     assert 'slurm_scrape_ok{source="sshare"} 0' in lines
     assert 'slurm_scrape_ok{source="sinfo"} 1' in lines
     assert "slurm_up 1" in lines
+
+
+def test_samples_of_one_metric_stay_together() -> None:
+    text = exporter.collect(fake_runner, now=0)
+    names = [line.split("{")[0].split(" ")[0] for line in text.splitlines() if not line.startswith("#")]
+    blocks = [name for i, name in enumerate(names) if i == 0 or names[i - 1] != name]
+    assert len(blocks) == len(set(blocks)), "a metric family is split into several blocks"
