@@ -33,10 +33,10 @@ DEFAULT_PORT = 5499
 BIN = "/usr/lib/postgresql/15/bin"
 
 SETUP_DEFAULT = f"""
-set -e
+set -e; cd /tmp
 rm -rf /tmp/pgbench-default && mkdir -p /tmp/pgbench-default/sock
 chown -R postgres:postgres /tmp/pgbench-default
-runuser -u postgres -- {BIN}/initdb -q -D /tmp/pgbench-default/data >/dev/null
+runuser -u postgres -- {BIN}/initdb -D /tmp/pgbench-default/data >/dev/null
 runuser -u postgres -- {BIN}/pg_ctl -D /tmp/pgbench-default/data -l /tmp/pgbench-default/log -w \
   -o "-p {DEFAULT_PORT} -k /tmp/pgbench-default/sock -c listen_addresses=''" start >/dev/null
 """
@@ -70,7 +70,7 @@ def pgbench(host: str, ssh_config: Path, target: str, opts: argparse.Namespace) 
     out = remote(
         host,
         ssh_config,
-        f"set -e; runuser -u postgres -- pgbench -n {run} {where} 2>&1",
+        f"set -e; cd /tmp; runuser -u postgres -- pgbench -n {run} {where} 2>&1",
         timeout=opts.seconds * 3 + 120,
     )
     tps = re.search(r"tps = ([0-9.]+) \(without initial connection time\)", out)
