@@ -289,3 +289,11 @@ class SciplatAuthenticator(NativeAuthenticator):  # type: ignore[misc]
         if username in disabled_users():
             return False
         return bool(super().check_blocked_users(username, authentication))
+
+    def delete_user(self, user: Any) -> None:
+        # `sciplat users disable` deletes the hub's user (servers, cookies, tokens) but
+        # keeps the sign-up, so `sciplat users enable` can restore it with its password
+        if user.name in disabled_users():
+            Authenticator.delete_user(self, user)
+            return
+        super().delete_user(user)

@@ -123,6 +123,7 @@ def test_login_page_offers_both_methods(provider: str, ca_cert: Path) -> None:
 def test_a_user_signs_in_through_oidc(provider: str, ca_cert: Path) -> None:
     login = "o" + secrets.token_hex(3)
     session = requests.Session()
+    session.trust_env = False  # REQUESTS_CA_BUNDLE would override verify
     session.verify = str(ca_cert)
     page = session.get(PUBLIC_URL + "/hub/oidc-testidp/oauth_login", timeout=60)
     assert page.url.startswith(provider + "/interaction/"), page.url
