@@ -100,6 +100,22 @@ SERVICES: list[Service] = [
         9187,
         probe="curl -fsS --max-time 5 http://localhost:9187/metrics | grep -q '^pg_up 1'",
     ),
+    Service(
+        "slapd",
+        "directory",
+        "slapd.service",
+        636,
+        probe=(
+            "LDAPTLS_CACERT=/etc/sciplat/pki/ca.crt LDAPTLS_REQCERT=demand "
+            "ldapsearch -x -LLL -o nettimeout=5 -H ldaps://localhost -s base -b '' namingContexts >/dev/null"
+        ),
+    ),
+    Service(
+        "sssd",
+        "all",
+        "sssd.service",
+        probe="sssctl domain-status sciplat --online | grep -q 'Online status: Online'",
+    ),
 ]
 
 # Runs on each host with python3 (which Ansible needs anyway); prints one JSON document.

@@ -59,3 +59,13 @@ def test_sizes_parse_and_format() -> None:
     assert parse_size("1.5 TB") == 1_500_000_000_000
     assert format_size(parse_size("2TiB")) == "2TiB"
     assert parse_duration("15d") == 15 * 86400
+
+
+def test_identity_ranges_reach_directory_and_sssd() -> None:
+    values = role_vars(
+        spec(identity={"uid_range": {"start": 30000, "end": 39999}, "gid_range": {"start": 70000, "end": 79999}}),
+        Path("/inv"),
+    )
+    assert values["directory_uid_range"] == {"start": 30000, "end": 39999}
+    assert values["directory_gid_range"] == {"start": 70000, "end": 79999}
+    assert (values["ldap_client_min_id"], values["ldap_client_max_id"]) == (30000, 79999)
