@@ -31,8 +31,9 @@ from nativeauthenticator import NativeAuthenticator
 from tornado import web
 from traitlets import Dict, List, Unicode
 
+from sciplat_hub.hub_tutorial import TUTORIAL_PREFIX
+
 USERNAME = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
-TUTORIAL_PREFIX = "tutorial-"
 DISABLED_FILE = Path("/var/lib/jupyterhub/disabled-users")
 
 
