@@ -197,6 +197,21 @@ def test_approved_user_starts_a_server_and_runs_code(approved_users: dict[str, d
     print(f"server start took {elapsed:.1f} s")
 
 
+def test_provisioned_account_is_the_same_on_every_host(
+    approved_users: dict[str, dict[str, Any]], ca_cert: Path, host_of: Callable[[str], Any]
+) -> None:
+    user = approved_users["a"]
+    start_server(user["token"], user["name"], ca_cert)  # provisioning runs before the spawn
+    gw = host_of("gw")
+    home = gw.file(f"/home/{user['name']}")
+    assert home.is_directory and home.mode == 0o700 and home.user == user["name"]
+    if not gw.file("/etc/sciplat/directory/client.json").exists:
+        pytest.skip("no directory on this bed: a local account on the hub host")
+    entries = {name: host_of(name).run(f"getent passwd {user['name']}").stdout.strip() for name in ("gw", "data")}
+    assert entries["gw"] and entries["gw"] == entries["data"], entries
+    assert int(entries["gw"].split(":")[2]) >= 1000
+
+
 def test_a_users_token_cannot_reach_another_users_server_or_api(
     approved_users: dict[str, dict[str, Any]], ca_cert: Path
 ) -> None:
