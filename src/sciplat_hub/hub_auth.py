@@ -31,8 +31,9 @@ from nativeauthenticator import NativeAuthenticator
 from tornado import web
 from traitlets import Dict, List, Unicode
 
+from sciplat_hub.hub_tutorial import TUTORIAL_PREFIX
+
 USERNAME = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
-TUTORIAL_PREFIX = "tutorial-"
 DISABLED_FILE = Path("/var/lib/jupyterhub/disabled-users")
 
 
@@ -202,6 +203,13 @@ class SciplatAuthenticator(NativeAuthenticator):  # type: ignore[misc]
             endpoints = discover(str(method["issuer"]))
             cls = _scoped(GenericOAuthenticator, scope, prefix)
             groups = list(method.get("allowed_groups") or [])
+            group_settings: dict[str, Any] = {}
+            if groups:  # oauthenticator checks the groups claim through the hub's own groups
+                group_settings = {
+                    "manage_groups": True,
+                    "auth_state_groups_key": f"oauth_user.{method.get('groups_claim', 'groups')}",
+                    "allowed_groups": set(groups),
+                }
             sub = cls(
                 parent=self,
                 login_service=name,
@@ -213,8 +221,7 @@ class SciplatAuthenticator(NativeAuthenticator):  # type: ignore[misc]
                 userdata_url=endpoints["userinfo_endpoint"],
                 username_claim=method.get("username_claim", "preferred_username"),
                 scope=["openid", "profile", "email"],
-                claim_groups_key=method.get("groups_claim", "groups"),
-                allowed_groups=set(groups),
+                **group_settings,
                 allow_all=not groups and not method.get("allowed_domains"),
                 admin_users=set(self.admin_users),
             )
@@ -273,11 +280,16 @@ class SciplatAuthenticator(NativeAuthenticator):  # type: ignore[misc]
         return await super().authenticate(handler, data)
 
     def validate_username(self, username: str) -> bool:
+        # every user of the hub, whichever method made it
         if not USERNAME.match(username):
             return False
-        if any(username.startswith(prefix) for prefix in self.reserved_prefixes if prefix):
-            return False
         return bool(super().validate_username(username))
+
+    def create_user(self, username: str, password: str, **kwargs: Any) -> Any:
+        # a native sign-up may not take a name of another method's namespace
+        if any(self.normalize_username(username).startswith(p) for p in self.reserved_prefixes if p):
+            return None
+        return super().create_user(username, password, **kwargs)
 
     def get_authed_users(self) -> set[str]:
         # NativeAuthenticator pre-approves sign-ups named like an admin; here an admin
@@ -289,3 +301,11 @@ class SciplatAuthenticator(NativeAuthenticator):  # type: ignore[misc]
         if username in disabled_users():
             return False
         return bool(super().check_blocked_users(username, authentication))
+
+    def delete_user(self, user: Any) -> None:
+        # `sciplat users disable` deletes the hub's user (servers, cookies, tokens) but
+        # keeps the sign-up, so `sciplat users enable` can restore it with its password
+        if user.name in disabled_users():
+            Authenticator.delete_user(self, user)
+            return
+        super().delete_user(user)

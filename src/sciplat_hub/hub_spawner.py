@@ -24,7 +24,7 @@ from typing import Any
 from systemdspawner import SystemdSpawner
 from traitlets import Dict, Integer, List, Unicode
 
-from sciplat_hub.hub_auth import TUTORIAL_PREFIX
+from sciplat_hub.hub_tutorial import TUTORIAL_PREFIX, TUTORIAL_STATE
 
 
 def unit_safe(name: str) -> str:
@@ -104,9 +104,6 @@ class SciplatSystemdSpawner(SystemdSpawner):  # type: ignore[misc]
             self.cpu_limit = float(profile["cpus"])
             self.mem_limit = int(profile["memory"])
         return await super().start()
-
-
-TUTORIAL_STATE = "/var/lib/sciplat-tutorial"
 
 
 async def _run(*argv: str) -> tuple[int, str]:

@@ -19,8 +19,8 @@ import urllib.request
 from datetime import UTC, datetime
 from typing import Any
 
-from sciplat_hub.hub_auth import TUTORIAL_PREFIX
-
+# user names of the anonymous method (sciplat_hub.hub_auth) and their servers' state
+TUTORIAL_PREFIX = "tutorial-"
 TUTORIAL_STATE = "/var/lib/sciplat-tutorial"
 
 log = logging.getLogger("sciplat_hub.hub_tutorial")

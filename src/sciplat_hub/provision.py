@@ -11,7 +11,8 @@ skipped with a log line otherwise (the component is not deployed, or not yet).
    without a directory client: ``local_account`` (a local POSIX user on this
    host, for hub-only inventories and test beds);
 2. ``posix``: the home directory (0700, owned by the user, with its quota) and
-   the group directories;
+   the group directories; without a posix client: ``local_home`` (the home
+   directory on this host's own disk);
 3. ``storage``: S3 credentials, the home bucket and the group buckets;
 4. ``mydb``: the personal database and ``~/.pgpass``;
 5. ``slurm``: the user's association under their group account.
@@ -244,6 +245,30 @@ class PosixStep(_ComponentStep):
             p.ensure_group_dir(group, gid, ctx.settings.get("group_dir_quota"))
 
 
+class LocalHomeStep:
+    """Without a posix client: the home directory on this host's own /home.
+
+    For inventories without the shared filesystem (the server runs on this host);
+    0700, owned by the user, no quota.
+    """
+
+    name = "local_home"
+
+    def available(self) -> str | None:
+        if _client_config("posix").is_file():
+            return "the posix step makes homes on the shared filesystem"
+        return None
+
+    def run(self, ctx: Context) -> None:
+        if ctx.uid is None or ctx.gid is None:
+            raise StepFailed("no uid/gid: the account step did not run")
+        home = ctx.home or f"/home/{ctx.username}"
+        os.makedirs(home, mode=0o700, exist_ok=True)
+        os.chown(home, ctx.uid, ctx.gid)
+        os.chmod(home, 0o700)
+        ctx.home = home
+
+
 class StorageStep(_ComponentStep):
     name = "storage"
     component = "storage"
@@ -294,7 +319,15 @@ class SlurmStep(_ComponentStep):
 
 
 def default_steps() -> list[Step]:
-    return [DirectoryStep(), LocalAccountStep(), PosixStep(), StorageStep(), MyDBStep(), SlurmStep()]
+    return [
+        DirectoryStep(),
+        LocalAccountStep(),
+        PosixStep(),
+        LocalHomeStep(),
+        StorageStep(),
+        MyDBStep(),
+        SlurmStep(),
+    ]
 
 
 def load_settings(path: Path = SETTINGS_FILE) -> dict[str, Any]:

@@ -19,6 +19,7 @@ and `hub_oauth_client_secrets: {testidp: <secret>}` in the bed's group_vars.
 
 from __future__ import annotations
 
+import html
 import re
 import secrets
 import shutil
@@ -27,6 +28,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urljoin
 
 import pytest
 import requests
@@ -112,6 +114,17 @@ def provider(deployed: dict[str, Any], host_of: Callable[[str], Any]) -> Iterato
 
 
 FORM = re.compile(r'<form[^>]*action="([^"]+)"', re.I)
+HIDDEN = re.compile(r'<input[^>]*type="hidden"[^>]*>', re.I)
+
+
+def hidden_fields(text: str) -> dict[str, str]:
+    fields = {}
+    for tag in HIDDEN.findall(text):
+        name = re.search(r'name="([^"]*)"', tag)
+        value = re.search(r'value="([^"]*)"', tag)
+        if name:
+            fields[name.group(1)] = html.unescape(value.group(1)) if value else ""
+    return fields
 
 
 def test_login_page_offers_both_methods(provider: str, ca_cert: Path) -> None:
@@ -123,16 +136,23 @@ def test_login_page_offers_both_methods(provider: str, ca_cert: Path) -> None:
 def test_a_user_signs_in_through_oidc(provider: str, ca_cert: Path) -> None:
     login = "o" + secrets.token_hex(3)
     session = requests.Session()
+    session.trust_env = False  # REQUESTS_CA_BUNDLE would override verify
     session.verify = str(ca_cert)
     page = session.get(PUBLIC_URL + "/hub/oidc-testidp/oauth_login", timeout=60)
     assert page.url.startswith(provider + "/interaction/"), page.url
     action = FORM.search(page.text)
     assert action, page.text[:500]
-    page = session.post(provider + action.group(1), data={"login": login, "password": "any"}, timeout=60)
+    page = session.post(
+        urljoin(page.url, html.unescape(action.group(1))),
+        data={**hidden_fields(page.text), "login": login, "password": "any"},
+        timeout=60,
+    )
     if page.url.startswith(provider + "/interaction/"):  # the consent page
         action = FORM.search(page.text)
         assert action, page.text[:500]
-        page = session.post(provider + action.group(1), data={}, timeout=120)
+        page = session.post(
+            urljoin(page.url, html.unescape(action.group(1))), data=hidden_fields(page.text), timeout=120
+        )
     assert page.url.startswith(PUBLIC_URL + "/hub/"), page.url
     assert page.status_code == 200
     row = next((u for u in users_json() if u["name"] == f"testidp-{login}"), None)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from datetime import UTC
 from pathlib import Path
 
 import pytest
@@ -119,3 +120,34 @@ def test_the_command_prints_json(monkeypatch: pytest.MonkeyPatch, capsys: pytest
     assert provision.main(["--json", "erin"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["ok"] and out["env"] == {"X": "1"} and out["username"] == "erin"
+
+
+def test_local_home_is_private_and_owned_by_the_user(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    monkeypatch.setattr(provision, "CONFIG_ROOT", tmp_path)
+    step = provision.LocalHomeStep()
+    assert step.available() is None
+    home = tmp_path / "home" / "frank"
+    ctx = Context("frank", uid=os.getuid(), gid=os.getgid(), home=str(home))
+    step.run(ctx)
+    step.run(ctx)  # idempotent
+    assert home.is_dir() and (home.stat().st_mode & 0o777) == 0o700
+    assert home.stat().st_uid == os.getuid()
+    (tmp_path / "posix").mkdir()
+    (tmp_path / "posix" / "client.json").write_text("{}")
+    assert step.available() is not None, "the shared filesystem makes homes when it is deployed"
+
+
+def test_tutorial_users_expire_after_their_lifetime() -> None:
+    from datetime import datetime
+
+    from sciplat_hub.hub_tutorial import expired
+
+    now = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+    users = [
+        {"name": "tutorial-0a1b2c3d", "created": "2026-01-01T10:59:00Z"},
+        {"name": "tutorial-99999999", "created": "2026-01-01T11:59:00.000000Z"},
+        {"name": "alice", "created": "2020-01-01T00:00:00Z"},
+    ]
+    assert expired(users, 3600, now) == ["tutorial-0a1b2c3d"]

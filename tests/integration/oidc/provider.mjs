@@ -32,6 +32,7 @@ const provider = new Provider(env.OIDC_ISSUER, {
   },
 });
 provider.proxy = false;
+provider.on("server_error", (ctx, err) => console.error("server_error", err));
 const server = https.createServer(
   { cert: fs.readFileSync(env.OIDC_TLS_CERT), key: fs.readFileSync(env.OIDC_TLS_KEY) },
   provider.callback(),

@@ -1,0 +1,176 @@
+"""Server start latency through the hub's REST API, one after another and all at once.
+
+Makes N users (native sign-up, approved with `sciplat users approve`, a token
+with `sciplat token`), then starts their default servers one after another and
+then all at once, timing each from the POST until the hub reports the server
+ready. Samples the hub host's jupyterhub CPU and memory meanwhile. Stops the
+servers afterwards. Writes benchmarks/results/hub-spawn-<time>.json.
+
+    .venv/bin/python benchmarks/hub_spawn.py -i inventories/local --users 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import platform
+import secrets
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import requests
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SCIPLAT = str(Path(sys.executable).parent / "sciplat")
+
+
+def sciplat(*args: str) -> str:
+    return subprocess.run([SCIPLAT, *args], cwd=REPO, check=True, capture_output=True, text=True).stdout
+
+
+class Bed:
+    def __init__(self, inventory: Path) -> None:
+        self.inventory = inventory
+        spec = yaml.safe_load((inventory / "platform.yaml").read_text())["platform"]
+        self.url = spec.get("public_url") or "https://127.0.0.1:8443"
+        self.ca = str(inventory / "pki" / "ca.crt")
+        self.ssh = ["ssh", "-F", str(inventory / ".sciplat" / "ssh_config"), "gw"]
+
+    def make_user(self, name: str, password: str) -> str:
+        session = requests.Session()
+        session.trust_env = False
+        session.verify = self.ca
+        page = session.get(self.url + "/hub/signup", timeout=60).text
+        xsrf = page.split('name="_xsrf" value="', 1)[1].split('"', 1)[0]
+        session.post(
+            self.url + "/hub/signup",
+            data={
+                "_xsrf": xsrf,
+                "username": name,
+                "signup_password": password,
+                "signup_password_confirmation": password,
+            },
+            timeout=60,
+        ).raise_for_status()
+        sciplat("users", "approve", name, "-i", str(self.inventory))
+        return json.loads(sciplat("token", name, "-i", str(self.inventory), "--json"))["token"]
+
+    def api(self, token: str, method: str, path: str) -> requests.Response:
+        return requests.request(
+            method,
+            self.url + "/hub/api" + path,
+            headers={"Authorization": f"token {token}"},
+            verify=self.ca,
+            timeout=120,
+        )
+
+    def start(self, name: str, token: str, timeout: float = 300) -> float:
+        began = time.monotonic()
+        response = self.api(token, "POST", f"/users/{name}/server")
+        if response.status_code not in (201, 202):
+            raise RuntimeError(f"{name}: {response.status_code} {response.text[:200]}")
+        while time.monotonic() - began < timeout:
+            server = (self.api(token, "GET", f"/users/{name}").json().get("servers") or {}).get("", {})
+            if server.get("ready"):
+                return time.monotonic() - began
+            time.sleep(0.25)
+        raise RuntimeError(f"{name}: not ready after {timeout} s")
+
+    def stop(self, name: str, token: str) -> None:
+        self.api(token, "DELETE", f"/users/{name}/server")
+        for _ in range(120):
+            if not (self.api(token, "GET", f"/users/{name}").json().get("servers") or {}):
+                return
+            time.sleep(0.5)
+
+    def hub_usage(self) -> tuple[float, int]:
+        """CPU seconds and resident bytes of jupyterhub.service (the hub and its culler)."""
+        out = subprocess.run(
+            [*self.ssh, "systemctl show -p CPUUsageNSec -p MemoryCurrent jupyterhub.service"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        values = dict(line.split("=", 1) for line in out.split())
+        cpu = int(values.get("CPUUsageNSec", "0") or 0) / 1e9
+        memory = int(values["MemoryCurrent"]) if values.get("MemoryCurrent", "").isdigit() else 0
+        return cpu, memory
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(p / 100 * len(ordered) + 0.5) - 1))
+    return ordered[index]
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    return {
+        "n": len(values),
+        "p50": round(statistics.median(values), 2),
+        "p95": round(percentile(values, 95), 2),
+        "max": round(max(values), 2),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-i", "--inventory", type=Path, default=REPO / "inventories" / "local")
+    parser.add_argument("--users", type=int, default=20)
+    args = parser.parse_args()
+    bed = Bed(args.inventory.resolve())
+    password = "bench-" + secrets.token_hex(8)
+    users = {f"bench{secrets.token_hex(3)}": "" for _ in range(args.users)}
+    for name in users:
+        users[name] = bed.make_user(name, password)
+
+    samples: list[tuple[float, float, int]] = []
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            cpu, memory = bed.hub_usage()
+            samples.append((time.monotonic(), cpu, memory))
+            done.wait(2)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    sequential = []
+    for name, token in users.items():
+        sequential.append(bed.start(name, token))
+        bed.stop(name, token)
+    with ThreadPoolExecutor(max_workers=len(users)) as pool:
+        concurrent = list(pool.map(lambda item: bed.start(*item), users.items()))
+    for name, token in users.items():
+        bed.stop(name, token)
+    done.set()
+    sampler.join()
+    cpu_percent = [100 * (b[1] - a[1]) / (b[0] - a[0]) for a, b in itertools.pairwise(samples) if b[0] > a[0]]
+    result: dict[str, Any] = {
+        "time": datetime.now().isoformat(timespec="seconds"),
+        "machine": {"cpus": __import__("os").cpu_count(), "python": platform.python_version()},
+        "users": args.users,
+        "sequential_s": summary(sequential),
+        "concurrent_s": summary(concurrent),
+        "hub_cpu_percent": {"mean": round(statistics.mean(cpu_percent), 1), "max": round(max(cpu_percent), 1)}
+        if cpu_percent
+        else {},
+        "hub_memory_mib_max": round(max(s[2] for s in samples) / 2**20, 1) if samples else None,
+        "raw": {"sequential": sequential, "concurrent": concurrent},
+    }
+    out = REPO / "benchmarks" / "results" / f"hub-spawn-{datetime.now():%Y%m%dT%H%M%S}.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps({k: v for k, v in result.items() if k != "raw"}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,58 @@
+"""A user in a real browser: sign up, get approved, sign in, JupyterLab loads, a cell runs.
+
+Headless Chromium from Debian's `chromium` package, driven by Playwright
+(PyPI) through `executable_path` (Playwright's own browser downloads are not
+used). The screenshot of the notebook with the cell's output is kept as
+`<inventory>/logs/e2e/hub-notebook.png`.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.integration.conftest import INVENTORY, PUBLIC_URL, sciplat
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+ARTIFACTS = INVENTORY / "logs" / "e2e"  # beside the deploy logs (not committed)
+playwright_api = pytest.importorskip("playwright.sync_api")
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium package is not installed")
+
+
+def test_sign_up_approve_sign_in_and_run_a_cell(deployed: dict[str, Any], ca_cert: Path) -> None:
+    name = "w" + secrets.token_hex(3)
+    password = "browser-" + secrets.token_hex(8)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with playwright_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--ignore-certificate-errors"])
+        page = browser.new_page(ignore_https_errors=True, viewport={"width": 1280, "height": 800})
+        page.set_default_timeout(120_000)
+        page.goto(PUBLIC_URL + "/hub/signup")
+        page.fill("input[name=username]", name)
+        page.fill("input[name=signup_password]", password)
+        page.fill("input[name=signup_password_confirmation]", password)
+        page.click("input[type=submit]")
+        page.wait_for_load_state()
+        assert json.loads(sciplat("users", "approve", name, "-i", str(INVENTORY), "--json").stdout)["ok"]
+        page.goto(PUBLIC_URL + "/hub/login")
+        page.fill("#username_input", name)
+        page.fill("#password_input", password)
+        page.click("#login_submit")
+        page.wait_for_url(f"**/user/{name}/lab**", timeout=240_000)
+        # a new notebook from the launcher's tile
+        page.locator(".jp-LauncherCard[title*='Python 3']").first.click()
+        cell = page.locator(".jp-Notebook .jp-Cell .cm-content").first
+        cell.click()
+        page.keyboard.type("print(6 * 7, 'from', __import__('getpass').getuser())")
+        page.keyboard.press("Shift+Enter")
+        output = page.locator(".jp-OutputArea-output").first
+        output.wait_for()
+        assert output.inner_text().strip() == f"42 from {name}"
+        page.screenshot(path=str(ARTIFACTS / "hub-notebook.png"), full_page=True)
+        browser.close()
+    assert (ARTIFACTS / "hub-notebook.png").stat().st_size > 10_000
