@@ -70,11 +70,6 @@ def role_vars(spec: PlatformSpec, inventory_dir: Path) -> dict[str, Any]:
             "s3_user_quota": spec.storage.user_quota,
             "group_dir_quota": spec.storage.group_quota,
         },
-        # directory and ldap_client (identity.uid_range / gid_range)
-        "directory_uid_range": spec.identity.uid_range.model_dump(),
-        "directory_gid_range": spec.identity.gid_range.model_dump(),
-        "ldap_client_min_id": min(spec.identity.uid_range.start, spec.identity.gid_range.start),
-        "ldap_client_max_id": max(spec.identity.uid_range.end, spec.identity.gid_range.end),
         # monitoring
         "monitor_retention": f"{spec.monitoring.retention}s",
         "monitor_alert_routes": [route.model_dump() for route in spec.monitoring.alert_routes],
