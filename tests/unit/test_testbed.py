@@ -71,7 +71,7 @@ def test_local_bed_matches_the_development_contract() -> None:
         "slurm_controller": ["data"],
         "compute": ["c1", "c2"],
     }
-    assert spec.hosts["gw"].publish == ["127.0.0.1:8443:443"]
+    assert spec.hosts["gw"].publish == ["127.0.0.1:8443:443", "127.0.0.1:8080:80"]
     assert spec.container("gw") == "sciplat-local-gw"
 
 
