@@ -224,6 +224,23 @@ print(json.dumps({{"bytes": u.bytes_used, "objects": u.objects, "quota": u.quota
     assert usage == {"bytes": MiB, "objects": 1, "quota": None}
 
 
+def storage_address() -> str:
+    inventory = yaml.safe_load((INVENTORY / "hosts.yml").read_text())
+    return str(inventory["all"]["hosts"][STORAGE]["ansible_host"])
+
+
+def test_radosgw_and_metrics_are_open_only_to_who_needs_them(host_of: Callable[[str], Any]) -> None:
+    address = storage_address()
+    probe = "curl -s -o /dev/null -w '%{{http_code}}' --max-time 5 http://{}:{}/{}"
+    # the monitor host scrapes the manager; the hub and the gateway reach radosgw
+    assert host_of("gw").check_output(probe.format(address, 9283, "metrics")) == "200"
+    assert host_of("gw").check_output(probe.format(address, 7480, "")) == "200"
+    # a compute host mounts CephFS but reaches neither radosgw nor the metrics directly
+    compute = host_of(hosts_of("compute")[0])
+    for port in (7480, 9283):
+        assert compute.run(probe.format(address, port, "")).stdout in ("000", ""), port
+
+
 # ------------------------------------------------------------------ CephFS homes
 
 
