@@ -50,6 +50,10 @@ def _state(ctl: Controller, node: str) -> dict[str, Any]:
     return {"node": node, "state": state.strip(), "reason": reason.strip(), "running_jobs": jobs}
 
 
+def _not_answering(state: str) -> bool:
+    return "down" in state.lower() or state.endswith("*")
+
+
 def _scontrol(ctl: Controller, *args: str) -> None:
     done = ctl.run(["scontrol", "update", *args])
     if done.returncode != 0:
@@ -117,6 +121,11 @@ def resume(
         else:
             changed = False
         info = _state(ctl, node)
+        # after a resume slurmctld pings the node again: "idle*" for a moment is normal
+        deadline = time.monotonic() + (20 if changed else 0)
+        while _not_answering(info["state"]) and time.monotonic() < deadline:
+            time.sleep(1)
+            info = _state(ctl, node)
     except RemoteError as exc:
         _fail(f"resume: {exc}")
     info["was"] = before["state"]
@@ -127,7 +136,7 @@ def resume(
         console.print(f"[green]{node} resumed[/]: was {before['state']}, now {info['state']}")
     else:
         console.print(f"{node} is already in service ({info['state']}); nothing to do")
-    if "down" in info["state"].lower() or info["state"].endswith("*"):
+    if _not_answering(info["state"]):
         err.print(
             f"[yellow]{node} is {info['state']}: its slurmd does not answer; start it (systemctl start slurmd)[/]"
         )
