@@ -7,6 +7,9 @@ through a Unix socket so that only the server configuration differs):
             pgbench_sciplat that is dropped afterwards;
   default   a throw-away cluster made by initdb with no settings changed
             (PostgreSQL's defaults, Debian's binaries), on port 5499, removed afterwards.
+            Its data directory is on the same filesystem as the platform's
+            (/var/lib/postgresql): /tmp is a tmpfs on the test-bed hosts, where
+            fsync costs nothing, which would flatter the default server.
 
 Each: `pgbench -i -s SCALE`, then `pgbench -c CLIENTS -j THREADS -T SECONDS` (TPC-B-like).
 The two runs alternate (platform, default, platform, default ... for --rounds) so that
@@ -34,15 +37,15 @@ BIN = "/usr/lib/postgresql/15/bin"
 
 SETUP_DEFAULT = f"""
 set -e; cd /tmp
-rm -rf /tmp/pgbench-default && mkdir -p /tmp/pgbench-default/sock
+rm -rf /tmp/pgbench-default /var/lib/postgresql/pgbench-default && mkdir -p /tmp/pgbench-default/sock
 chown -R postgres:postgres /tmp/pgbench-default
-runuser -u postgres -- {BIN}/initdb -D /tmp/pgbench-default/data >/dev/null
-runuser -u postgres -- {BIN}/pg_ctl -D /tmp/pgbench-default/data -l /tmp/pgbench-default/log -w \
+runuser -u postgres -- {BIN}/initdb -D /var/lib/postgresql/pgbench-default >/dev/null
+runuser -u postgres -- {BIN}/pg_ctl -D /var/lib/postgresql/pgbench-default -l /tmp/pgbench-default/log -w \
   -o "-p {DEFAULT_PORT} -k /tmp/pgbench-default/sock -c listen_addresses=''" start >/dev/null
 """
 TEARDOWN_DEFAULT = f"""
-runuser -u postgres -- {BIN}/pg_ctl -D /tmp/pgbench-default/data -m fast -w stop >/dev/null 2>&1
-rm -rf /tmp/pgbench-default
+runuser -u postgres -- {BIN}/pg_ctl -D /var/lib/postgresql/pgbench-default -m fast -w stop >/dev/null 2>&1
+rm -rf /tmp/pgbench-default /var/lib/postgresql/pgbench-default
 """
 
 
