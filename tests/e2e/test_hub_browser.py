@@ -54,7 +54,11 @@ def test_sign_up_approve_sign_in_and_run_a_cell() -> None:
         page.keyboard.type("print(6 * 7, 'from', __import__('getpass').getuser())")
         page.keyboard.press("Shift+Enter")
         output = page.locator(".jp-OutputArea-output").first
-        output.wait_for()
+        try:
+            output.wait_for(timeout=240_000)
+        except Exception:
+            page.screenshot(path=str(ARTIFACTS / "hub-notebook-failed.png"), full_page=True)
+            raise
         assert output.inner_text().strip() == f"42 from {name}"
         page.screenshot(path=str(ARTIFACTS / "hub-notebook.png"), full_page=True)
         browser.close()
