@@ -9,6 +9,7 @@ used). The screenshot of the notebook with the cell's output is kept as
 from __future__ import annotations
 
 import json
+import re
 import secrets
 import shutil
 
@@ -49,10 +50,16 @@ def test_sign_up_approve_sign_in_and_run_a_cell() -> None:
         page.wait_for_url(f"**/user/{name}/lab**", timeout=240_000)
         # a new notebook from the launcher's tile
         page.locator(".jp-LauncherCard[title*='Python 3']").first.click()
+        # the kernel must be connected before the cell runs
+        page.get_by_text(re.compile(r"\| Idle$")).first.wait_for(timeout=240_000)
         cell = page.locator(".jp-Notebook .jp-Cell .cm-content").first
         cell.click()
         page.keyboard.type("print(6 * 7, 'from', __import__('getpass').getuser())")
         page.keyboard.press("Shift+Enter")
+        page.wait_for_timeout(2000)
+        if not page.locator(".jp-OutputArea-output").count():  # typed before the kernel answered
+            page.locator(".jp-Notebook .jp-Cell").first.click()
+            page.keyboard.press("Control+Enter")
         output = page.locator(".jp-OutputArea-output").first
         try:
             output.wait_for(timeout=240_000)
