@@ -3,7 +3,7 @@
 Makes N users (native sign-up, approved with `sciplat users approve`, a token
 with `sciplat token`), then starts their default servers one after another and
 then all at once, timing each from the POST until the hub reports the server
-ready. Samples the hub host's jupyterhub CPU and memory meanwhile. Stops the
+ready. Samples the hub process's CPU and memory meanwhile. Stops the
 servers afterwards. Writes benchmarks/results/hub-spawn-<time>.json.
 
     .venv/bin/python benchmarks/hub_spawn.py -i inventories/local --users 20
@@ -93,17 +93,16 @@ class Bed:
             time.sleep(0.5)
 
     def hub_usage(self) -> tuple[float, int]:
-        """CPU seconds and resident bytes of jupyterhub.service (the hub and its culler)."""
+        """CPU seconds and resident bytes of the hub's main process (ps: cgroup accounting may be off)."""
         out = subprocess.run(
-            [*self.ssh, "systemctl show -p CPUUsageNSec -p MemoryCurrent jupyterhub.service"],
+            [*self.ssh, "ps -o cputimes=,rss= -p $(systemctl show -p MainPID --value jupyterhub.service)"],
             capture_output=True,
             text=True,
-            check=True,
-        ).stdout
-        values = dict(line.split("=", 1) for line in out.split())
-        cpu = int(values.get("CPUUsageNSec", "0") or 0) / 1e9
-        memory = int(values["MemoryCurrent"]) if values.get("MemoryCurrent", "").isdigit() else 0
-        return cpu, memory
+            check=False,
+        ).stdout.split()
+        if len(out) != 2:
+            return 0.0, 0
+        return float(out[0]), int(out[1]) * 1024
 
 
 def percentile(values: list[float], p: float) -> float:

@@ -12,7 +12,7 @@ import re
 import secrets
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -144,7 +144,7 @@ def run_code(token: str, name: str, code: str, ca_cert: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def approved_users(deployed: dict[str, Any], ca_cert: Path) -> dict[str, dict[str, Any]]:
+def approved_users(deployed: dict[str, Any], ca_cert: Path) -> Iterator[dict[str, dict[str, Any]]]:
     """Two users who signed up, were approved and signed in; with API tokens."""
     users: dict[str, dict[str, Any]] = {}
     for role in ("a", "b"):
@@ -156,7 +156,9 @@ def approved_users(deployed: dict[str, Any], ca_cert: Path) -> dict[str, dict[st
         assert login(session, name).status_code == 302
         user_token = json.loads(sciplat("token", name, "-i", str(INVENTORY), "--json").stdout)["token"]
         users[role] = {"name": name, "session": session, "token": user_token}
-    return users
+    yield users
+    for user in users.values():  # leave no servers running for the tests after these
+        api(user["token"], "DELETE", f"/hub/api/users/{user['name']}/server", ca_cert)
 
 
 def test_hub_health_through_the_gateway(deployed: dict[str, Any], ca_cert: Path) -> None:
@@ -309,3 +311,4 @@ def test_tutorial_user_gets_a_confined_server(
     unit = host_of("gw").run(f"systemctl show -p RuntimeMaxUSec -p MemoryMax -p ProtectHome jupyter-{name}-default")
     assert "ProtectHome=tmpfs" in unit.stdout, unit.stdout
     assert "RuntimeMaxUSec=infinity" not in unit.stdout, "a tutorial server must have a lifetime"
+    api(tutorial_token, "DELETE", f"/hub/api/users/{name}/server", ca_cert)
