@@ -24,7 +24,7 @@ deps:
 $(STAMP): pyproject.toml
 	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
-	$(VENV)/bin/pip install --quiet -e '.[dev,cloud]'
+	$(VENV)/bin/pip install --quiet -e '.[dev,cloud,e2e]'
 	@touch $@
 
 venv: $(STAMP)

@@ -10,6 +10,7 @@ packages=(
   python3-venv                                             # the sciplat venv
   postgresql-client                                        # integration tests speak to PostgreSQL
   prometheus prometheus-alertmanager                       # promtool/amtool check the alert rules
+  chromium                                                 # tests/e2e: Playwright drives Debian's browser
 )
 
 missing=()

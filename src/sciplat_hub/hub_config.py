@@ -127,10 +127,6 @@ def configure(c: Any, settings: dict[str, Any]) -> None:
     c.SystemdSpawner.default_shell = "/bin/bash"
     c.SystemdSpawner.extra_paths = [f"{prefix}/bin"]
     c.SciplatSystemdSpawner.profiles = settings["profiles"]
-    if settings.get("metrics_token"):
-        # Prometheus scrapes /hub/metrics with this token (declared by the monitor role)
-        svc.append({"name": "sciplat-monitor", "api_token": settings["metrics_token"]})
-        roles.append({"name": "sciplat-metrics", "scopes": ["read:metrics"], "services": ["sciplat-monitor"]})
     tutorial = next((m for m in settings["authenticators"] if m.get("type") == "anonymous"), None)
     c.SciplatSystemdSpawner.tutorial = dict(tutorial or {})
     provision = settings.get("provision") or {}
