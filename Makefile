@@ -35,7 +35,9 @@ up: deps venv
 	@echo
 	@echo "The platform answers at https://127.0.0.1:8443 (certificate: $(INV)/pki/ca.crt)."
 	@echo "  curl --cacert $(INV)/pki/ca.crt https://127.0.0.1:8443/healthz"
-	@echo "Sign-in: the hub is not deployed yet; the gateway serves the platform's status page."
+	@echo "Sign in: open https://127.0.0.1:8443, choose 'Sign up' and register user 'admin' (the platform's"
+	@echo "  admin, identity.admin_users), then approve it:  $(SCIPLAT) users approve admin -i $(INV)"
+	@echo "  and sign in. Other users sign up the same way; the admin approves them in the hub or with that command."
 	@echo "Hosts: ssh -F $(INV)/.sciplat/ssh_config gw   (also data, c1, c2)"
 
 down: venv
