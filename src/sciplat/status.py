@@ -229,7 +229,6 @@ for c in checks:
     if c.get("probe"):
         code, text = run(c["probe"]) if state == "active" else (1, "not probed: unit " + state)
         item["probe"] = "ok" if code == 0 else "failed"
-        if code or (c.get("report") and text):
         if code or text:
             item["detail"] = text
         healthy = healthy and code == 0
