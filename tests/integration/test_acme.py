@@ -37,6 +37,8 @@ DOMAIN = PLATFORM["domain"]
 PEBBLE_UNIT = "sciplat-test-pebble"
 PEBBLE_CONFIG = "/etc/sciplat-test-pebble.json"
 HOSTS_MARK = "# sciplat-test-pebble"
+# certbot's accounts at a pebble that is gone (pebble keeps accounts in memory)
+CLEAN_ACCOUNTS = "rm -rf /etc/letsencrypt/accounts/localhost:* /etc/letsencrypt/accounts/127.0.0.1:*"
 ACME_DIRECTORY = "https://localhost:14000/dir"
 
 pytestmark = pytest.mark.destructive
@@ -78,13 +80,14 @@ def pebble(deployed: dict[str, Any], host_of: Callable[[str], Any]) -> Iterator[
         }
     }
     gw.check_output(f"printf %s {shlex.quote(json.dumps(config))} > {PEBBLE_CONFIG}")
-    gw.run(f"systemctl stop {PEBBLE_UNIT}; systemctl reset-failed {PEBBLE_UNIT}")
+    gw.run(f"systemctl stop {PEBBLE_UNIT}; systemctl reset-failed {PEBBLE_UNIT}; {CLEAN_ACCOUNTS}")
     gw.check_output(
         f"systemd-run --unit {PEBBLE_UNIT} --setenv=PEBBLE_VA_NOSLEEP=1 --setenv=PEBBLE_WFE_NONCEREJECT=0 "
         f"pebble -config {PEBBLE_CONFIG}"
     )
     # The platform's name resolves to this host, for pebble's HTTP-01 check.
-    gw.check_output(f"grep -q '{HOSTS_MARK}' /etc/hosts || echo '127.0.0.1 {DOMAIN} s3.{DOMAIN} {HOSTS_MARK}' >> /etc/hosts")
+    names = f"{DOMAIN} s3.{DOMAIN}"
+    gw.check_output(f"grep -q '{HOSTS_MARK}' /etc/hosts || echo '127.0.0.1 {names} {HOSTS_MARK}' >> /etc/hosts")
     deadline = time.monotonic() + 60
     while gw.run(f"curl -fsS -o /dev/null --max-time 3 {ACME_DIRECTORY}").rc != 0:
         assert time.monotonic() < deadline, gw.run(f"journalctl -u {PEBBLE_UNIT} --no-pager | tail -20").stdout
@@ -96,6 +99,7 @@ def pebble(deployed: dict[str, Any], host_of: Callable[[str], Any]) -> Iterator[
         # /etc/hosts may be a bind mount (containers): rewrite it in place, never rename over it.
         gw.run(f"grep -v '{HOSTS_MARK}' /etc/hosts > /tmp/hosts.sciplat && cat /tmp/hosts.sciplat > /etc/hosts")
         gw.run("certbot delete --non-interactive --cert-name sciplat-gateway")
+        gw.run(f"{CLEAN_ACCOUNTS}; systemctl reset-failed sciplat-acme.service")
         sciplat("up", "-i", str(INVENTORY), "-t", "pki,gateway")
 
 
