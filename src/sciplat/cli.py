@@ -95,6 +95,7 @@ def _prepare(inventory: Path, spec: PlatformSpec) -> tuple[dict[str, Any], str]:
             repo,
             platform_name=spec.platform.name,
             ca_validity_days=spec.tls.ca_validity // 86400,
+            settings=spec.model_dump(mode="json"),
         )
         password, _ = secrets_mod.password_source(spec.platform.name)
     except secrets_mod.SecretError as exc:

@@ -5,6 +5,11 @@ are not a role yet in `playbooks/secrets/<component>.yml`):
 
     secrets:
       postgresql_example_password: {kind: password, length: 32, description: ...}
+      minio_root_password: {kind: password, needed_when: {storage.backend: minio}}
+
+`needed_when` maps dotted platform.yaml fields to the value that makes the secret
+necessary; a secret whose condition does not hold is not generated (an existing
+one is kept, so switching back later finds the same value).
 
 `ensure()` adds every declared secret that is missing from
 `<inventory>/secrets.vault.yml` and never touches one that exists, so passwords,
@@ -38,6 +43,23 @@ class SecretDecl(BaseModel):
     kind: Literal["password", "hex", "x509_ca"]
     length: int = Field(default=32, ge=16, le=256)
     description: str = ""
+    # dotted platform.yaml field -> the value that makes this secret necessary
+    needed_when: dict[str, str] = Field(default_factory=dict)
+
+    def needed(self, settings: dict[str, Any] | None) -> bool:
+        """Whether the platform's settings (a dumped PlatformSpec) need this secret; None: assume so."""
+        if settings is None:
+            return True
+        return all(str(_dotted(settings, path)) == value for path, value in self.needed_when.items())
+
+
+def _dotted(settings: dict[str, Any], path: str) -> Any:
+    value: Any = settings
+    for part in path.split("."):
+        if not isinstance(value, dict) or part not in value:
+            raise SecretError(f"needed_when names {path!r}, which is not a platform.yaml field")
+        value = value[part]
+    return value
 
 
 class SecretsFile(BaseModel):
@@ -200,15 +222,23 @@ def write_vault(path: Path, password: str, data: dict[str, Any]) -> None:
 
 
 def ensure(
-    inventory_dir: Path, repo: Path, *, platform_name: str, ca_validity_days: int
+    inventory_dir: Path,
+    repo: Path,
+    *,
+    platform_name: str,
+    ca_validity_days: int,
+    settings: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Any], list[str]]:
-    """Return (all secrets, names generated now). Existing secrets are never changed."""
+    """Return (all secrets, names generated now). Existing secrets are never changed.
+
+    `settings` (the platform spec as a dict) skips secrets whose `needed_when` does not hold.
+    """
     password, _ = password_source(platform_name)
     path = inventory_dir / VAULT_FILE
     current = read_vault(path, password)
     created = []
     for name, declared in declarations(repo).items():
-        if name not in current:
+        if name not in current and declared.decl.needed(settings):
             current[name] = generate(declared.decl, platform_name=platform_name, ca_validity_days=ca_validity_days)
             created.append(name)
     if created or not path.exists():

@@ -36,17 +36,25 @@ class Service:
     probe: str | None = None  # shell command on the host; exit 0 = healthy
     # host variables that turn the service off when false (e.g. monitoring.enabled: false)
     enabled_by: tuple[str, ...] = ()
-    report: bool = False  # show the probe's output also when healthy (e.g. HEALTH_OK)
+    # (host variable, value, its default): the service exists only when the variable has
+    # that value, e.g. Ceph only for storage.backend ceph
+    selected_by: tuple[tuple[str, str, str], ...] = ()
 
 
 def service_enabled(service: Service, hostvars: dict[str, Any]) -> bool:
-    """False when one of the service's `enabled_by` host variables is false ("false", "no", "0" too)."""
+    """False when one of the service's `enabled_by` host variables is false ("false", "no", "0" too),
+    or one of its `selected_by` variables has another value."""
+    for name, value, default in service.selected_by:
+        if str(hostvars.get(name, default)) != value:
+            return False
     for name in service.enabled_by:
         value = hostvars.get(name, True)
         if value is False or (isinstance(value, str) and value.strip().lower() in ("false", "no", "0", "off")):
             return False
     return True
 
+
+_CEPH_BACKEND = ("sciplat_storage_backend", "ceph", "ceph")
 
 SERVICES: list[Service] = [
     Service("sshd", "all", "ssh.service", 22),
@@ -155,7 +163,7 @@ SERVICES: list[Service] = [
         "ceph.target",
         probe='out=$(timeout 15 ceph --connect-timeout 10 health 2>&1); echo "$out"; '
         'case "$out" in HEALTH_OK*) exit 0;; esac; exit 1',
-        report=True,
+        selected_by=(_CEPH_BACKEND,),
     ),
     Service(
         "radosgw",
@@ -163,6 +171,7 @@ SERVICES: list[Service] = [
         "ceph-radosgw.target",
         7480,
         probe="curl -fsS -o /dev/null --max-time 5 http://127.0.0.1:7480/",
+        selected_by=(_CEPH_BACKEND,),
     ),
     *(
         Service(
@@ -170,6 +179,7 @@ SERVICES: list[Service] = [
             group,
             f"{where[1:]}.mount",
             probe=f"timeout 10 stat -f {where} >/dev/null",
+            selected_by=(("sciplat_storage_posix", "cephfs", "cephfs"),),
         )
         for group in ("hub", "compute")
         for where in ("/home", "/groups")
@@ -288,7 +298,7 @@ def ssh_command(host: str, hostvars: dict[str, Any]) -> list[str]:
 
 
 def check_host(host: str, hostvars: dict[str, Any], services: list[Service]) -> dict[str, Any]:
-    checks = [{"name": s.name, "unit": s.unit, "port": s.port, "probe": s.probe, "report": s.report} for s in services]
+    checks = [{"name": s.name, "unit": s.unit, "port": s.port, "probe": s.probe} for s in services]
     remote = "python3 -c " + shlex.quote(_HOST_SCRIPT) + " " + shlex.quote(json.dumps(checks))
     try:
         done = subprocess.run([*ssh_command(host, hostvars), remote], capture_output=True, text=True, timeout=60)

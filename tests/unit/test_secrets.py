@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 from cryptography import x509
 
 from sciplat import secrets as s
@@ -110,3 +111,40 @@ def test_bad_declaration_names_the_file(tmp_path: Path) -> None:
 
 def test_repository_declarations_parse() -> None:
     assert "pki_ca" in s.declarations(REPO)
+
+
+CONDITIONAL = """\
+secrets:
+  always_password: {kind: password}
+  minio_only_password: {kind: password, needed_when: {storage.backend: minio}}
+"""
+
+
+def test_secret_not_needed_by_the_platform_is_not_generated(tmp_path: Path) -> None:
+    repo, inv = fake_repo(tmp_path, CONDITIONAL), tmp_path / "inv"
+    inv.mkdir()
+    ceph = {"storage": {"backend": "ceph"}}
+    first, created = s.ensure(inv, repo, platform_name="lab", ca_validity_days=30, settings=ceph)
+    assert created == ["always_password"] and "minio_only_password" not in first
+    # switching to MinIO generates it once; switching back keeps it for a later switch
+    minio = {"storage": {"backend": "minio"}}
+    second, created = s.ensure(inv, repo, platform_name="lab", ca_validity_days=30, settings=minio)
+    assert created == ["minio_only_password"]
+    third, created = s.ensure(inv, repo, platform_name="lab", ca_validity_days=30, settings=ceph)
+    assert created == [] and third == second
+
+
+def test_needed_when_naming_an_unknown_field_is_an_error(tmp_path: Path) -> None:
+    repo, inv = fake_repo(tmp_path, CONDITIONAL.replace("storage.backend", "storage.flavour")), tmp_path / "inv"
+    inv.mkdir()
+    with pytest.raises(s.SecretError, match="storage.flavour"):
+        s.ensure(inv, repo, platform_name="lab", ca_validity_days=30, settings={"storage": {"backend": "ceph"}})
+
+
+def test_every_needed_when_in_the_repository_names_a_platform_field() -> None:
+    from sciplat.spec import PlatformSpec
+
+    example = yaml.safe_load((REPO / "inventories" / "example-site" / "platform.yaml").read_text())
+    settings = PlatformSpec.model_validate(example).model_dump(mode="json")
+    for declared in s.declarations(REPO).values():
+        declared.decl.needed(settings)  # raises SecretError on an unknown field
