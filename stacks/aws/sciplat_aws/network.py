@@ -27,35 +27,13 @@ class Network(Component):
             opts=self.child(),
         )
         igw = aws.ec2.InternetGateway(f"{name}-igw", vpc_id=self.vpc.id, opts=self.child())
-        self.public_subnets = [
-            aws.ec2.Subnet(
-                f"{name}-public-{i}",
-                vpc_id=self.vpc.id,
-                cidr_block=cidr,
-                availability_zone=zones[i],
-                map_public_ip_on_launch=False,
-                tags={"Name": f"{config.name}-public-{i}"},
-                opts=self.child(),
-            )
-            for i, cidr in enumerate(config.public_subnets)
-        ]
-        self.private_subnets = [
-            aws.ec2.Subnet(
-                f"{name}-private-{i}",
-                vpc_id=self.vpc.id,
-                cidr_block=cidr,
-                availability_zone=zones[i],
-                tags={"Name": f"{config.name}-private-{i}"},
-                opts=self.child(),
-            )
-            for i, cidr in enumerate(config.private_subnets)
-        ]
         public_rt = aws.ec2.RouteTable(
             f"{name}-public",
             vpc_id=self.vpc.id,
             routes=[{"cidr_block": WORLD, "gateway_id": igw.id}],
             opts=self.child(),
         )
+        self.public_subnets = self._subnets(name, config, "public", config.public_subnets, zones, public_rt)
         private_routes = []
         if config.nat_gateway:
             eip = aws.ec2.Eip(f"{name}-nat", domain="vpc", opts=self.child())
@@ -67,14 +45,7 @@ class Network(Component):
             )
             private_routes = [{"cidr_block": WORLD, "nat_gateway_id": nat.id}]
         private_rt = aws.ec2.RouteTable(f"{name}-private", vpc_id=self.vpc.id, routes=private_routes, opts=self.child())
-        for i, subnet in enumerate(self.public_subnets):
-            aws.ec2.RouteTableAssociation(
-                f"{name}-public-{i}", subnet_id=subnet.id, route_table_id=public_rt.id, opts=self.child()
-            )
-        for i, subnet in enumerate(self.private_subnets):
-            aws.ec2.RouteTableAssociation(
-                f"{name}-private-{i}", subnet_id=subnet.id, route_table_id=private_rt.id, opts=self.child()
-            )
+        self.private_subnets = self._subnets(name, config, "private", config.private_subnets, zones, private_rt)
         # S3 traffic stays inside AWS (no NAT charge, no public route needed).
         aws.ec2.VpcEndpoint(
             f"{name}-s3",
@@ -138,6 +109,34 @@ class Network(Component):
         self.efs_sg = self._service_sg(name, "efs", 2049, "NFS (EFS homes) from the platform's hosts")
         self.rds_sg = self._service_sg(name, "rds", 5432, "PostgreSQL (RDS) from the platform's hosts")
         self.register_outputs({"vpc_id": self.vpc.id})
+
+    def _subnets(
+        self,
+        name: str,
+        config: NetworkConfig,
+        tier: str,
+        cidrs: tuple[str, ...],
+        zones: pulumi.Output[list[str]],
+        route_table: aws.ec2.RouteTable,
+    ) -> list[aws.ec2.Subnet]:
+        """One subnet per CIDR, each in its own zone, tied to the tier's route table.
+        No public addresses at launch on either tier: instances that need one get an EIP."""
+        subnets = []
+        for i, cidr in enumerate(cidrs):
+            subnet = aws.ec2.Subnet(
+                f"{name}-{tier}-{i}",
+                vpc_id=self.vpc.id,
+                cidr_block=cidr,
+                availability_zone=zones[i],
+                map_public_ip_on_launch=False,
+                tags={"Name": f"{config.name}-{tier}-{i}"},
+                opts=self.child(),
+            )
+            aws.ec2.RouteTableAssociation(
+                f"{name}-{tier}-{i}", subnet_id=subnet.id, route_table_id=route_table.id, opts=self.child()
+            )
+            subnets.append(subnet)
+        return subnets
 
     def _service_sg(self, name: str, what: str, port: int, description: str) -> aws.ec2.SecurityGroup:
         sg = aws.ec2.SecurityGroup(f"{name}-{what}", vpc_id=self.vpc.id, description=description, opts=self.child())
