@@ -17,7 +17,7 @@ max_body, buffering}``; every request for ``server_name`` goes to the
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 _REQUIRED = ("name", "path", "upstream")
@@ -36,34 +36,31 @@ _UPSTREAM = re.compile(
 _SIZE = re.compile(r"^\d+[kKmMgG]?$")
 
 
-def _label(route: Any, index: int) -> str:
-    if isinstance(route, Mapping) and route.get("name"):
-        return f"gateway route {route['name']!r}"
-    return f"gateway route #{index + 1} (it has no name)"
-
-
-def route_errors(routes: Any, reserved_paths: Iterable[str] = ()) -> list[str]:
-    """Every problem with the declared routes, one message per problem."""
-    if routes is None:
-        return []
-    if not isinstance(routes, list):
-        return [f"gateway routes must be a list of mappings, got {type(routes).__name__}"]
-    reserved = set(reserved_paths)
-    errors: list[str] = []
+def _checked_items(
+    kind: str, items: Any, required: tuple[str, ...], optional: tuple[str, ...], errors: list[str]
+) -> Iterator[tuple[str, Mapping[str, Any]]]:
+    """Yield (label, item) for each mapping of a declaration list, recording in `errors`
+    the problems every declaration kind shares: not a list, not a mapping, missing or
+    unknown keys, a bad or repeated name."""
+    if not isinstance(items, list):
+        errors.append(f"gateway {kind}s must be a list of mappings, got {type(items).__name__}")
+        return
     names: set[str] = set()
-    paths: dict[str, str] = {}
-    for index, route in enumerate(routes):
-        label = _label(route, index)
-        if not isinstance(route, Mapping):
-            errors.append(f"{label}: must be a mapping, got {route!r}")
+    for index, item in enumerate(items):
+        if isinstance(item, Mapping) and item.get("name"):
+            label = f"gateway {kind} {item['name']!r}"
+        else:
+            label = f"gateway {kind} #{index + 1} (it has no name)"
+        if not isinstance(item, Mapping):
+            errors.append(f"{label}: must be a mapping, got {item!r}")
             continue
-        for key in _REQUIRED:
-            if key not in route:
+        for key in required:
+            if key not in item:
                 errors.append(f"{label}: '{key}' is missing")
-        unknown = sorted(set(route) - set(_REQUIRED) - set(_OPTIONAL))
+        unknown = sorted(set(item) - set(required) - set(optional))
         if unknown:
-            errors.append(f"{label}: unknown keys {unknown}; allowed are {sorted(_REQUIRED + _OPTIONAL)}")
-        name = route.get("name")
+            errors.append(f"{label}: unknown keys {unknown}; allowed are {sorted(required + optional)}")
+        name = item.get("name")
         if name is not None:
             if not isinstance(name, str) or not _NAME.match(name):
                 errors.append(f"{label}: 'name' must be letters, digits, '_', '.' or '-'")
@@ -71,6 +68,32 @@ def route_errors(routes: Any, reserved_paths: Iterable[str] = ()) -> list[str]:
                 errors.append(f"{label}: the name is declared twice")
             else:
                 names.add(name)
+        yield label, item
+
+
+def _value_errors(label: str, item: Mapping[str, Any], flags: tuple[str, ...], size_hint: str) -> list[str]:
+    """Problems with the true/false keys and the nginx body size of one item."""
+    errors = [
+        f"{label}: '{key}' must be true or false, got {item[key]!r}"
+        for key in flags
+        if key in item and not isinstance(item[key], bool)
+    ]
+    size = item.get("max_body")
+    if "max_body" in item and not (
+        isinstance(size, (str, int)) and not isinstance(size, bool) and _SIZE.match(str(size))
+    ):
+        errors.append(f"{label}: 'max_body' {size!r} must be an nginx size {size_hint}")
+    return errors
+
+
+def route_errors(routes: Any, reserved_paths: Iterable[str] = ()) -> list[str]:
+    """Every problem with the declared routes, one message per problem."""
+    if routes is None:
+        return []
+    reserved = set(reserved_paths)
+    errors: list[str] = []
+    paths: dict[str, str] = {}
+    for label, route in _checked_items("route", routes, _REQUIRED, _OPTIONAL, errors):
         path = route.get("path")
         if path is not None:
             if not isinstance(path, str) or not _PATH.match(path):
@@ -84,22 +107,14 @@ def route_errors(routes: Any, reserved_paths: Iterable[str] = ()) -> list[str]:
             elif path in paths:
                 errors.append(f"{label}: 'path' {path!r} is already routed by {paths[path]!r}")
             else:
-                paths[path] = str(name)
+                paths[path] = str(route.get("name"))
         upstream = route.get("upstream")
         if upstream is not None and (not isinstance(upstream, str) or not _UPSTREAM.match(upstream)):
             errors.append(
                 f"{label}: 'upstream' {upstream!r} must be a URL like http://10.0.0.5:8000 "
                 "or https://hub.internal:8081/hub/"
             )
-        for key in ("websocket", "admin_only", "buffering"):
-            if key in route and not isinstance(route[key], bool):
-                errors.append(f"{label}: '{key}' must be true or false, got {route[key]!r}")
-        if "max_body" in route and not (
-            isinstance(route["max_body"], (str, int))
-            and not isinstance(route["max_body"], bool)
-            and _SIZE.match(str(route["max_body"]))
-        ):
-            errors.append(f"{label}: 'max_body' {route['max_body']!r} must be an nginx size like 10m or 1g")
+        errors.extend(_value_errors(label, route, ("websocket", "admin_only", "buffering"), "like 10m or 1g"))
     return errors
 
 
@@ -126,7 +141,9 @@ def routes(declared: Iterable[Mapping[str, Any]], max_body: str) -> list[dict[st
 
 _SERVER_REQUIRED = ("name", "server_name", "upstreams")
 _SERVER_OPTIONAL = ("max_body", "buffering")
-_SERVER_NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+$")
+_SERVER_NAME = re.compile(
+    r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+$"
+)
 _SERVER_UPSTREAM = re.compile(r"^http://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?):\d{1,5}$")
 
 
@@ -134,30 +151,9 @@ def server_errors(servers: Any, main_server_name: str = "") -> list[str]:
     """Every problem with the declared virtual servers, one message per problem."""
     if servers is None:
         return []
-    if not isinstance(servers, list):
-        return [f"gateway servers must be a list of mappings, got {type(servers).__name__}"]
     errors: list[str] = []
-    names: set[str] = set()
     server_names: set[str] = {main_server_name} if main_server_name else set()
-    for index, server in enumerate(servers):
-        label = _label(server, index).replace("route", "server")
-        if not isinstance(server, Mapping):
-            errors.append(f"{label}: must be a mapping, got {server!r}")
-            continue
-        for key in _SERVER_REQUIRED:
-            if key not in server:
-                errors.append(f"{label}: '{key}' is missing")
-        unknown = sorted(set(server) - set(_SERVER_REQUIRED) - set(_SERVER_OPTIONAL))
-        if unknown:
-            errors.append(f"{label}: unknown keys {unknown}; allowed are {sorted(_SERVER_REQUIRED + _SERVER_OPTIONAL)}")
-        name = server.get("name")
-        if name is not None:
-            if not isinstance(name, str) or not _NAME.match(name):
-                errors.append(f"{label}: 'name' must be letters, digits, '_', '.' or '-'")
-            elif name in names:
-                errors.append(f"{label}: the name is declared twice")
-            else:
-                names.add(name)
+    for label, server in _checked_items("server", servers, _SERVER_REQUIRED, _SERVER_OPTIONAL, errors):
         server_name = server.get("server_name")
         if server_name is not None:
             if not isinstance(server_name, str) or not _SERVER_NAME.match(server_name):
@@ -173,14 +169,7 @@ def server_errors(servers: Any, main_server_name: str = "") -> list[str]:
             or not all(isinstance(u, str) and _SERVER_UPSTREAM.match(u) for u in upstreams)
         ):
             errors.append(f"{label}: 'upstreams' must be a non-empty list of URLs like http://10.0.0.5:7480")
-        if "buffering" in server and not isinstance(server["buffering"], bool):
-            errors.append(f"{label}: 'buffering' must be true or false, got {server['buffering']!r}")
-        if "max_body" in server and not (
-            isinstance(server["max_body"], (str, int))
-            and not isinstance(server["max_body"], bool)
-            and _SIZE.match(str(server["max_body"]))
-        ):
-            errors.append(f"{label}: 'max_body' {server['max_body']!r} must be an nginx size like 10m, or 0 (no limit)")
+        errors.extend(_value_errors(label, server, ("buffering",), "like 10m, or 0 (no limit)"))
     return errors
 
 
