@@ -2,7 +2,7 @@
 
 Run by ``sciplat-probe.service`` (a timer, on the monitor host). One run:
 
-1. ``sign-in``: with the hub service token of ``sciplat-probe`` (scopes limited to
+1. ``signin``: with the hub service token of ``sciplat-probe`` (scopes limited to
    the bot's own account) make sure the bot user exists, get a short-lived token
    for it and check the hub answers ``/hub/api/user`` with the bot's name;
 2. ``spawn``: start the bot's server through the hub REST API and wait until it is ready;
@@ -49,7 +49,7 @@ from urllib.parse import urlsplit
 
 CONFIG_FILE = Path("/etc/sciplat/probe/client.json")
 METRICS_FILE_NAME = "sciplat_probe.prom"
-STEPS = ("sign-in", "spawn", "cell", "s3", "mydb", "job", "stop")
+STEPS = ("signin", "spawn", "cell", "s3", "mydb", "job", "stop")
 # steps that only run when their component is deployed (settings "steps")
 OPTIONAL_STEPS = ("s3", "mydb", "job")
 
@@ -490,7 +490,7 @@ class Probe:
             log.info("step %s ok (%.1f s)", name, time.monotonic() - started)
             return True
 
-        if not step("sign-in", self.sign_in):
+        if not step("signin", self.sign_in):
             return results
         try:
             spawned = step("spawn", self.spawn)

@@ -41,7 +41,7 @@ class FakeProbe(probe.Probe):
             raise probe.ProbeError(f"{step} is broken")
 
     def sign_in(self) -> None:
-        self._maybe_fail("sign-in")
+        self._maybe_fail("signin")
 
     def spawn(self) -> None:
         self._maybe_fail("spawn")
@@ -85,7 +85,7 @@ def test_a_healthy_run_reports_every_deployed_step(tmp_path: Path) -> None:
 def test_steps_of_absent_components_are_skipped_not_failed(tmp_path: Path) -> None:
     bot = FakeProbe(settings(tmp_path, s3=False, mydb=True, job=False))
     results = bot.run()
-    assert steps_of(results) == {"sign-in": True, "spawn": True, "cell": True, "mydb": True, "stop": True}
+    assert steps_of(results) == {"signin": True, "spawn": True, "cell": True, "mydb": True, "stop": True}
     assert bot.cells == ["mydb"]
     text = probe.render_metrics(results, 1000.0)
     assert 'step="s3"' not in text and 'step="job"' not in text
@@ -101,33 +101,33 @@ def test_a_failing_step_is_zero_and_the_others_still_run(tmp_path: Path, caplog:
 
 def test_a_failed_spawn_exports_no_later_step_but_still_stops(tmp_path: Path) -> None:
     bot = FakeProbe(settings(tmp_path, s3=True, mydb=True, job=True), fail={"spawn"})
-    assert steps_of(bot.run()) == {"sign-in": True, "spawn": False, "stop": True}
+    assert steps_of(bot.run()) == {"signin": True, "spawn": False, "stop": True}
     assert "stop" in bot.calls and not bot.cells
 
 
 def test_a_failed_sign_in_stops_the_run(tmp_path: Path) -> None:
-    bot = FakeProbe(settings(tmp_path, s3=True), fail={"sign-in"})
-    assert steps_of(bot.run()) == {"sign-in": False}
+    bot = FakeProbe(settings(tmp_path, s3=True), fail={"signin"})
+    assert steps_of(bot.run()) == {"signin": False}
 
 
 def test_metrics_file_is_written_atomically_and_parses_back(tmp_path: Path) -> None:
     s = settings(tmp_path)
-    results = [probe.StepResult("sign-in", True, 0.25), probe.StepResult("s3", False, 1.5, "boom")]
+    results = [probe.StepResult("signin", True, 0.25), probe.StepResult("s3", False, 1.5, "boom")]
     probe.write_metrics(s.metrics_file, probe.render_metrics(results, 1234.5))
     text = s.metrics_file.read_text()
-    assert 'sciplat_probe_step_success{step="sign-in"} 1' in text
+    assert 'sciplat_probe_step_success{step="signin"} 1' in text
     assert 'sciplat_probe_step_success{step="s3"} 0' in text
     assert 'sciplat_probe_step_duration_seconds{step="s3"} 1.500' in text
     assert "sciplat_probe_last_run_timestamp_seconds 1234.500" in text
     assert [p.name for p in tmp_path.iterdir()] == ["sciplat_probe.prom"]  # no temporary left
     assert oct(s.metrics_file.stat().st_mode & 0o777) == "0o644"
-    assert probe.parse_metrics(text) == (1234.5, {"sign-in": 1, "s3": 0})
+    assert probe.parse_metrics(text) == (1234.5, {"signin": 1, "s3": 0})
 
 
 def test_status_names_failing_steps_and_a_stale_run(tmp_path: Path) -> None:
     s = settings(tmp_path)
     assert probe.status(s) == (False, f"no run yet ({s.metrics_file} missing)")
-    ok = [probe.StepResult(name, True, 1.0) for name in ("sign-in", "spawn")]
+    ok = [probe.StepResult(name, True, 1.0) for name in ("signin", "spawn")]
     probe.write_metrics(s.metrics_file, probe.render_metrics(ok, 1000.0))
     assert probe.status(s, now=1120.0) == (True, "last run 2 min ago; steps 2/2 ok")
     healthy, text = probe.status(s, now=1000.0 + 3600)
