@@ -39,7 +39,7 @@ def run_probe(host: Any) -> float:
     started = float(host.check_output("date +%s.%N"))
     done = host.run("timeout 240 systemctl start sciplat-probe.service")
     assert done.rc == 0, f"the probe's run did not complete: {done.stderr}\n" + host.check_output(
-        "journalctl -u sciplat-probe.service --since @%s --no-pager -o cat | tail -20", int(started)
+        "journalctl -u sciplat-probe.service --since @%s --no-pager -o cat | tail -20", str(int(started))
     )
     return started
 
@@ -63,7 +63,7 @@ def prometheus_steps(host: Any, since: float, timeout: float = 60) -> dict[str, 
 
 
 def journal(host: Any, since: float) -> str:
-    return str(host.check_output("journalctl -u sciplat-probe.service --since @%s --no-pager -o cat", int(since)))
+    return str(host.check_output("journalctl -u sciplat-probe.service --since @%s --no-pager -o cat", str(int(since))))
 
 
 @pytest.fixture(scope="module")
