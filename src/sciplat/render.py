@@ -74,6 +74,9 @@ def role_vars(spec: PlatformSpec, inventory_dir: Path) -> dict[str, Any]:
         "monitor_retention": f"{spec.monitoring.retention}s",
         "monitor_alert_routes": [route.model_dump() for route in spec.monitoring.alert_routes],
         "monitor_alert_email_from": f"alertmanager@{platform.domain}",
+        # the synthetic user (off with monitoring: it reports through node_exporter)
+        "probe_enabled": spec.monitoring.enabled and spec.monitoring.probe.enabled,
+        "probe_interval_minutes": spec.monitoring.probe.interval_minutes,
     }
     values.update(storage_vars(spec))
     values.update(_slurm_vars(spec))

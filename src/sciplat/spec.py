@@ -419,10 +419,18 @@ class WebhookRoute(Section):
 AlertRoute = Annotated[EmailRoute | WebhookRoute, Field(discriminator="type")]
 
 
+class ProbeSettings(Section):
+    """The synthetic user (docs/monitoring.md): a bot that uses the platform every few minutes."""
+
+    enabled: bool = True
+    interval_minutes: int = Field(default=5, ge=1, le=1440, description="Minutes between two runs.")
+
+
 class MonitoringSection(Section):
     enabled: bool = True
     retention: Duration = Field(default=15 * 86400, description="How long Prometheus keeps samples.")
     alert_routes: list[AlertRoute] = Field(default_factory=list)
+    probe: ProbeSettings = Field(default_factory=ProbeSettings)
 
 
 # ---------------------------------------------------------------- backup

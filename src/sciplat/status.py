@@ -138,6 +138,14 @@ SERVICES: list[Service] = [
         probe="curl -fsS --max-time 5 http://localhost:9113/metrics | grep -q '^nginx_up 1'",
         enabled_by=("monitor_enabled", "monitor_nginx_exporter_enabled"),
     ),
+    # the synthetic user: its last run's age and failing steps (sciplat_hub.probe status)
+    Service(
+        "probe",
+        "monitor",
+        "sciplat-probe.timer",
+        probe="/usr/local/bin/sciplat-probe status",
+        enabled_by=("probe_enabled",),
+    ),
     Service(
         "slapd",
         "directory",

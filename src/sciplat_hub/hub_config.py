@@ -14,6 +14,9 @@ from urllib.parse import quote
 
 TEMPLATES = Path(__file__).with_name("hub_templates")
 ADMIN_SERVICE = "sciplat-admin"
+# the synthetic user (sciplat_hub.probe): a hub service that may only create the
+# bot user of that name and issue tokens for it
+PROBE_SERVICE = PROBE_USER = "sciplat-probe"
 
 
 def db_url(db: dict[str, Any]) -> str:
@@ -60,6 +63,15 @@ def services(settings: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[
         # Prometheus scrapes /hub/metrics with this token (declared by the monitor role)
         svc.append({"name": "sciplat-monitor", "api_token": settings["metrics_token"]})
         roles.append({"name": "sciplat-metrics", "scopes": ["read:metrics"], "services": ["sciplat-monitor"]})
+    if settings.get("probe_token"):
+        svc.append({"name": PROBE_SERVICE, "api_token": settings["probe_token"]})
+        roles.append(
+            {
+                "name": PROBE_SERVICE,
+                "scopes": [f"admin:users!user={PROBE_USER}", f"tokens!user={PROBE_USER}"],
+                "services": [PROBE_SERVICE],
+            }
+        )
     tutorial = next((m for m in settings["authenticators"] if m.get("type") == "anonymous"), None)
     if tutorial is not None:
         svc.append(
