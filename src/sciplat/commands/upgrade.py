@@ -165,8 +165,8 @@ def pyver(v):
 for python, pins in sorted(want["pip"].items()):
     if not os.path.exists(python):
         continue
-    code, text = sh([python, "-c",
-        "import json,importlib.metadata as m;print(json.dumps({d.metadata['Name'].lower().replace('_','-'):d.version for d in m.distributions()}))"])
+    code, text = sh([python, "-c", "import json, importlib.metadata as m; print(json.dumps("
+        "{d.metadata['Name'].lower().replace('_', '-'): d.version for d in m.distributions()}))"])
     have = json.loads(text) if code == 0 and text else {}
     for name, target in sorted(pins.items()):
         key = name.lower().replace("_", "-")
@@ -212,9 +212,7 @@ def plan(inventory: Path, versions: dict[str, Any]) -> dict[str, Any]:
     }
     with ThreadPoolExecutor(max_workers=8) as pool:
         futures = {
-            host: pool.submit(
-                _plan_host, host, hostvars[host], host_targets(versions, member_of[host], hostvars[host])
-            )
+            host: pool.submit(_plan_host, host, hostvars[host], host_targets(versions, member_of[host], hostvars[host]))
             for host in sorted(hostvars)
         }
         hosts = {host: future.result() for host, future in futures.items()}
@@ -267,9 +265,11 @@ def run_backup(inventory: Path) -> None:
         result = run_backup_now(inventory, what="all")
     except typer.Exit as exc:
         if exc.exit_code:
-            raise UpgradeError(f"the backup before the upgrade failed (exit {exc.exit_code}); nothing was upgraded") from None
+            raise UpgradeError(
+                f"the backup before the upgrade failed (exit {exc.exit_code}); nothing was upgraded"
+            ) from None
         return
-    except Exception as exc:  # noqa: BLE001 - any failure of the backup stops the upgrade
+    except Exception as exc:
         raise UpgradeError(f"the backup before the upgrade failed: {exc}; nothing was upgraded") from None
     if result is False or (isinstance(result, dict) and result.get("ok") is False):
         raise UpgradeError("the backup before the upgrade did not succeed; nothing was upgraded")
@@ -319,7 +319,9 @@ def upgrade(
     force: Annotated[bool, typer.Option("--force", help="Upgrade even when `sciplat status` is not green.")] = False,
     skip_backup: Annotated[
         bool,
-        typer.Option("--skip-backup", help="DANGEROUS: no backup first; the hub's database migration cannot be undone."),
+        typer.Option(
+            "--skip-backup", help="DANGEROUS: no backup first; the hub's database migration cannot be undone."
+        ),
     ] = False,
     drain_timeout: Annotated[
         int, typer.Option("--drain-timeout", min=0, help="Seconds to wait for the jobs of a drained node.")
