@@ -43,7 +43,7 @@ PROXY_PACKAGE_JSON = "/opt/configurable-http-proxy/node_modules/configurable-htt
 # keys of sciplat_versions.platform_code that are not the distribution's name
 PLATFORM_CODE_ALIASES = {"boto3_aws": "boto3"}
 
-# The plays of playbooks/upgrade.yml, in the order they run (their tags).
+# The plays of playbooks/upgrade.yml, in the order they run (variable upgrade_tiers).
 TIERS = ("stateful", "stateless", "hub", "compute")
 
 InventoryOpt = Annotated[
@@ -410,6 +410,7 @@ def upgrade(
         "upgrade_drain_timeout": drain_timeout,
         "upgrade_backup_done": not skip_backup,
         "upgrade_skip_backup": skip_backup,
+        "upgrade_tiers": list(tiers or TIERS),
     }
     repo = repo_root()
     with runner_mod.vault_password_file(password) as pass_file:
@@ -420,7 +421,6 @@ def upgrade(
             vault_file=(inventory / secrets_mod.VAULT_FILE).resolve(),
             vault_password_path=pass_file,
             extra_vars=variables,
-            tags=list(tiers or []),
         )
         result = runner_mod.run_playbook(
             command, repo=repo, inventory_dir=inventory.resolve(), label="upgrade", console=out, quiet=as_json
