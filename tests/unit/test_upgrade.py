@@ -111,3 +111,28 @@ def test_backup_adapter_calls_run_backup_now(monkeypatch: pytest.MonkeyPatch) ->
     module.run_backup_now = failing  # type: ignore[attr-defined]
     with pytest.raises(up.UpgradeError, match="nothing was upgraded"):
         up.run_backup(Path("inv"))
+
+
+def test_cli_offers_upgrade_with_its_options() -> None:
+    from typer.testing import CliRunner
+
+    from sciplat.cli import app
+
+    done = CliRunner().invoke(app, ["upgrade", "--help"], env={"COLUMNS": "200"})
+    assert done.exit_code == 0, done.output
+    for option in ("--plan", "--to", "--serial", "--force", "--skip-backup", "--drain-timeout", "--tier", "--json"):
+        assert option in done.output
+    assert "DANGEROUS" in done.output
+
+
+def test_upgrade_playbook_runs_stateful_tiers_one_host_at_a_time() -> None:
+    plays = yaml.safe_load((REPO / "playbooks" / "upgrade.yml").read_text())
+    by_hosts = {play["hosts"]: play for play in plays}
+    stateful = by_hosts["directory:db:storage:slurm_controller"]
+    assert stateful["serial"] == 1 and stateful["any_errors_fatal"]
+    compute = by_hosts["compute"]
+    assert "upgrade_serial" in str(compute["serial"]) and compute["any_errors_fatal"]
+    assert [p.get("hosts") for p in plays].index("hub") < [p.get("hosts") for p in plays].index("compute")
+    tasks = yaml.safe_load((REPO / "playbooks" / "tasks" / "upgrade_compute.yml").read_text())
+    block = next(t for t in tasks if "block" in t)
+    assert any("RESUME" in str(t) for t in block["rescue"]), "a failed node is resumed"
