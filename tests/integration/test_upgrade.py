@@ -199,7 +199,12 @@ KILLED = [
     ("data", "postgresql@15-main.service", "runuser -u postgres -- psql -XAtqc 'select 1'"),
     ("data", "slurmctld.service", "scontrol ping | grep -q 'is UP'"),
     ("data", "slurmdbd.service", "sacctmgr -n show cluster format=cluster"),
-    ("data", "slapd.service", "ldapsearch -x -LLL -o nettimeout=5 -H ldaps://localhost -s base -b '' >/dev/null"),
+    (
+        "data",
+        "slapd.service",
+        "LDAPTLS_CACERT=/etc/sciplat/pki/ca.crt LDAPTLS_REQCERT=demand"
+        " ldapsearch -x -LLL -o nettimeout=5 -H ldaps://localhost -s base -b '' >/dev/null",
+    ),
     ("data", "ceph-radosgw.target", "curl -fsS -o /dev/null --max-time 5 http://127.0.0.1:7480/"),
     (
         "gw",
@@ -214,7 +219,9 @@ KILLED = [
 
 def _kill(host: Any, unit: str) -> None:
     if unit == "ceph-radosgw.target":  # the daemon is a templated unit under the target
-        unit = host.check_output("systemctl list-units --plain --no-legend 'ceph-radosgw@*' | awk '{print $1}'")
+        unit = host.check_output(
+            "systemctl list-units --plain --no-legend 'ceph-radosgw@*.service' | head -n1 | cut -d' ' -f1"
+        )
     pid = host.check_output(f"systemctl show -p MainPID --value {unit}")
     assert pid not in ("", "0"), f"{unit} has no main process"
     host.run_expect([0], f"kill -9 {pid}")
