@@ -383,3 +383,8 @@ from sciplat.commands import users as _users  # noqa: E402
 
 app.add_typer(_users.app, name="users")
 app.command("token")(_users.token)
+
+# sciplat upgrade (src/sciplat/commands/upgrade.py)
+from sciplat.commands import upgrade as _upgrade  # noqa: E402
+
+app.command("upgrade")(_upgrade.upgrade)

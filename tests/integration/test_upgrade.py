@@ -1,0 +1,359 @@
+"""Rolling upgrades and faults on the test bed (docs/upgrade.md, docs/faults.md).
+
+- `sciplat upgrade --plan` on a deployed bed shows no change, and shows one when
+  a version is moved;
+- a (no-op) upgrade drains and resumes every compute node and ends green;
+- a compute node whose upgrade fails is resumed and the run stops with a report;
+- a running user server survives a hub restart;
+- SIGKILL of a platform daemon: systemd brings it back and the platform answers;
+- a restarted compute host comes back into Slurm with its /home, untouched.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets as pysecrets
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+import yaml
+
+from tests.conftest import REPO
+from tests.integration.conftest import INVENTORY, PUBLIC_URL, sciplat
+from tests.integration.test_hub import api, login, signup, start_server
+
+INV = str(INVENTORY)
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout: float = 60, every: float = 1.0) -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = check()
+        except Exception as exc:
+            last = exc
+        else:
+            if last:
+                return last
+        time.sleep(every)
+    raise AssertionError(f"{what}: not within {timeout:.0f}s (last: {last!r})")
+
+
+def node_state(host_of: Callable[[str], Any], node: str) -> str:
+    return str(host_of("data").check_output(f"sinfo -h -N -n {node} -o %T")).strip()
+
+
+def in_service(state: str) -> bool:
+    return bool(state) and not any(word in state for word in ("down", "drain", "fail", "*", "unknown"))
+
+
+def status_json() -> dict[str, Any]:
+    done = sciplat("status", "-i", INV, "--json", check=False)
+    return dict(json.loads(done.stdout))
+
+
+def unhealthy(report: dict[str, Any]) -> list[str]:
+    bad = [
+        f"{host}: {s['name']} {s['state']} {s.get('detail', '')}"
+        for host, rep in report["hosts"].items()
+        for s in rep.get("services", [])
+        if not s["healthy"]
+    ]
+    bad += [f"{h}: failed {u}" for h, rep in report["hosts"].items() for u in rep.get("failed_units", [])]
+    return bad + ([] if report["endpoint"]["healthy"] else [f"url: {report['endpoint']}"])
+
+
+def upgrade(*args: str) -> tuple[int, dict[str, Any]]:
+    done = sciplat("upgrade", "-i", INV, "--skip-backup", "--json", *args, check=False, timeout=1200)
+    try:
+        return done.returncode, dict(json.loads(done.stdout))
+    except json.JSONDecodeError:
+        raise AssertionError(f"no JSON from sciplat upgrade:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}") from None
+
+
+def changed_on(summary: dict[str, Any], host: str, words: str) -> bool:
+    return any(
+        t["host"] == host and words.lower() in t["task"].lower() for t in summary["run"].get("changed_tasks", [])
+    )
+
+
+# ------------------------------------------------------------------ plan
+
+
+def test_plan_on_a_deployed_bed_shows_no_changes(deployed: dict[str, Any]) -> None:
+    report = json.loads(sciplat("upgrade", "-i", INV, "--plan", "--json").stdout)
+    assert report["reachable"]
+    assert report["changes"] == 0 and report["up_to_date"], [
+        (h, c) for h, r in report["hosts"].items() for c in r["changes"]
+    ]
+    gw = {c["component"]: c for c in report["hosts"]["gw"]["components"]}
+    versions = yaml.safe_load((REPO / "playbooks/group_vars/all/versions.yml").read_text())["sciplat_versions"]
+    assert gw["jupyterhub"]["installed"] == versions["hub"]["jupyterhub"]
+    assert gw["configurable-http-proxy"]["installed"] == versions["hub_proxy"]["configurable-http-proxy"]
+    assert "slurmd" in {c["component"] for c in report["hosts"]["c1"]["components"]}
+
+
+def test_plan_shows_a_moved_version_on_the_hosts_that_run_it(deployed: dict[str, Any]) -> None:
+    report = json.loads(
+        sciplat("upgrade", "-i", INV, "--plan", "--json", "--to", "jupyterhub=99.0.0", "--to", "slurmd=0.1").stdout
+    )
+    gw = {c["component"]: c for c in report["hosts"]["gw"]["changes"]}
+    assert gw["jupyterhub"]["action"] == "upgrade" and gw["jupyterhub"]["target"] == "99.0.0"
+    assert {c["component"] for c in report["hosts"]["c1"]["changes"]} == {"slurmd"}
+    assert report["hosts"]["c1"]["changes"][0]["action"] == "downgrade"
+    assert not report["hosts"]["data"]["changes"], "data runs neither"
+
+
+def test_upgrade_refuses_unknown_components(deployed: dict[str, Any]) -> None:
+    done = sciplat("upgrade", "-i", INV, "--plan", "--to", "nosuchthing=1", check=False)
+    assert done.returncode == 2 and "not pinned" in done.stderr
+
+
+# ------------------------------------------------------------------ rolling upgrade
+
+
+@pytest.mark.destructive
+def test_noop_upgrade_drains_and_resumes_every_compute_node(
+    deployed: dict[str, Any], host_of: Callable[[str], Any]
+) -> None:
+    started = time.monotonic()
+    code, summary = upgrade("--serial", "1", "--drain-timeout", "60")
+    assert code == 0 and summary["ok"], json.dumps(summary, indent=2)[-4000:]
+    for node in ("c1", "c2"):
+        assert changed_on(summary, node, "Drain the node"), f"{node} was not drained"
+        assert changed_on(summary, node, "Resume the node"), f"{node} was not resumed"
+        assert in_service(node_state(host_of, node))
+    assert summary["drained_nodes"] == [] and summary["health_after"]
+    print(f"no-op upgrade: {time.monotonic() - started:.0f}s")
+
+
+@pytest.mark.destructive
+def test_failed_compute_upgrade_resumes_the_node_and_stops(
+    deployed: dict[str, Any], host_of: Callable[[str], Any]
+) -> None:
+    code, summary = upgrade("--tier", "compute", "-e", json.dumps({"upgrade_fail_health_check": ["c1"]}))
+    assert code == 1 and not summary["ok"] and summary["stage"] == "stopped"
+    messages = " ".join(f["msg"] for f in summary["run"]["failures"])
+    assert "UPGRADE STOPPED at compute node c1" in messages and "Injected health-check failure" in messages
+    assert "resumed" in messages
+    assert changed_on(summary, "c1", "Drain the node")
+    assert not changed_on(summary, "c2", "Drain the node"), "the run went on after c1 failed"
+    assert summary["drained_nodes"] == []
+    assert in_service(node_state(host_of, "c1")) and in_service(node_state(host_of, "c2"))
+
+
+# ------------------------------------------------------------------ hub restart
+
+
+@pytest.fixture
+def running_server(deployed: dict[str, Any], ca_cert: Path) -> Iterator[dict[str, str]]:
+    name = "up" + pysecrets.token_hex(3)
+    session = requests.Session()
+    session.verify = str(ca_cert)
+    assert signup(session, name).status_code < 400
+    assert json.loads(sciplat("users", "approve", name, "-i", INV, "--json").stdout)["ok"]
+    assert login(session, name).status_code < 400
+    token = json.loads(sciplat("token", name, "-i", INV, "--json").stdout)["token"]
+    start_server(token, name, ca_cert)
+    yield {"name": name, "token": token}
+    api(token, "DELETE", f"/hub/api/users/{name}/server", ca_cert)
+
+
+@pytest.mark.destructive
+def test_running_server_survives_a_hub_restart(
+    running_server: dict[str, str], host_of: Callable[[str], Any], ca_cert: Path
+) -> None:
+    name, token = running_server["name"], running_server["token"]
+    before = api(token, "GET", f"/hub/api/users/{name}", ca_cert).json()["servers"][""]
+    status = api(token, "GET", f"/user/{name}/api/status", ca_cert)
+    assert status.status_code == 200
+    gw = host_of("gw")
+    old_pid = gw.check_output("systemctl show -p MainPID --value jupyterhub.service")
+    gw.run_expect([0], "systemctl restart jupyterhub.service")
+    assert gw.check_output("systemctl show -p MainPID --value jupyterhub.service") != old_pid
+    wait_for(
+        "the hub answers again",
+        lambda: api(token, "GET", "/hub/api/user", ca_cert).status_code == 200,
+        timeout=90,
+    )
+    after = api(token, "GET", f"/hub/api/users/{name}", ca_cert).json()["servers"][""]
+    assert after["ready"] and after["started"] == before["started"], "the server was restarted, not kept"
+    assert api(token, "GET", f"/user/{name}/api/status", ca_cert).status_code == 200
+
+
+# ------------------------------------------------------------------ faults
+
+
+def _answers(url: str, ca_cert: Path) -> bool:
+    return requests.get(url, verify=str(ca_cert), timeout=5).status_code == 200
+
+
+# (host, unit, probe run on that host: exit 0 = the service answers)
+KILLED = [
+    ("data", "postgresql@15-main.service", "runuser -u postgres -- psql -XAtqc 'select 1'"),
+    ("data", "slurmctld.service", "scontrol ping | grep -q 'is UP'"),
+    ("data", "slurmdbd.service", "sacctmgr -n show cluster format=cluster"),
+    (
+        "data",
+        "slapd.service",
+        "LDAPTLS_CACERT=/etc/sciplat/pki/ca.crt LDAPTLS_REQCERT=demand"
+        " ldapsearch -x -LLL -o nettimeout=5 -H ldaps://localhost -s base -b '' >/dev/null",
+    ),
+    ("data", "ceph-radosgw.target", "curl -fsS -o /dev/null --max-time 5 http://127.0.0.1:7480/"),
+    (
+        "gw",
+        "nginx.service",
+        "curl -fsS -o /dev/null --max-time 5 --cacert /etc/sciplat/pki/ca.crt https://localhost/healthz",
+    ),
+    ("gw", "jupyterhub.service", "curl -fsS -o /dev/null --max-time 5 http://127.0.0.1:8081/hub/health"),
+    ("gw", "jupyterhub-proxy.service", "curl -fsS -o /dev/null --max-time 5 http://127.0.0.1:8000/hub/health"),
+    ("c1", "slurmd.service", "s=$(sinfo -h -N -n $(hostname -s) -o %T); case $s in *down*|*'*'*|'') exit 1;; esac"),
+]
+
+
+def _kill(host: Any, unit: str) -> None:
+    if unit == "ceph-radosgw.target":  # the daemon is a templated unit under the target
+        unit = host.check_output(
+            "systemctl list-units --plain --no-legend 'ceph-radosgw@*.service' | head -n1 | cut -d' ' -f1"
+        )
+    pid = host.check_output(f"systemctl show -p MainPID --value {unit}")
+    assert pid not in ("", "0"), f"{unit} has no main process"
+    host.run_expect([0], f"kill -9 {pid}")
+    wait_for(
+        f"{unit} gets a new process",
+        lambda: host.check_output(f"systemctl show -p MainPID --value {unit}") not in (pid, "0"),
+        timeout=30,
+    )
+
+
+@pytest.mark.destructive
+@pytest.mark.parametrize(("where", "unit", "probe"), KILLED, ids=[u.split(".")[0] for _, u, _ in KILLED])
+def test_kill_9_and_the_service_comes_back(
+    where: str, unit: str, probe: str, host_of: Callable[[str], Any], ca_cert: Path
+) -> None:
+    host = host_of(where)
+    started = time.monotonic()
+    _kill(host, unit)
+    wait_for(f"{unit} on {where} answers", lambda: host.run(probe).rc == 0, timeout=60)
+    wait_for("the platform answers", lambda: _answers(PUBLIC_URL + "/hub/health", ca_cert), timeout=60)
+    took = time.monotonic() - started
+    assert took < 60, f"{unit} took {took:.0f}s"
+    assert host.run(f"systemctl is-failed {unit}").rc != 0
+
+
+def test_every_platform_daemon_restarts_on_failure(host_of: Callable[[str], Any]) -> None:
+    units = {
+        "data": [
+            "postgresql@15-main.service",
+            "slurmctld.service",
+            "slurmdbd.service",
+            "slapd.service",
+            "munge.service",
+            "mariadb.service",
+            "prometheus-postgres-exporter.service",
+        ],
+        "gw": [
+            "nginx.service",
+            "jupyterhub.service",
+            "jupyterhub-proxy.service",
+            "prometheus.service",
+            "prometheus-alertmanager.service",
+            "prometheus-nginx-exporter.service",
+            "sssd.service",
+        ],
+        "c1": ["slurmd.service", "munge.service", "prometheus-node-exporter.service", "sssd.service"],
+    }
+    ceph = host_of("data").check_output("systemctl list-units --plain --no-legend 'ceph-*@*.service' | cut -d' ' -f1")
+    units["data"] += ceph.split()
+    assert len(ceph.split()) >= 4, f"the Ceph daemons (mon, mgr, osd, mds, radosgw) are not all running: {ceph}"
+    missing = []
+    for where, names in units.items():
+        host = host_of(where)
+        for unit in names:
+            assert host.service(unit).is_running, f"{where}: {unit} does not run"
+            restart = host.check_output(f"systemctl show -p Restart --value {unit}")
+            if restart not in ("on-failure", "always", "on-abnormal", "on-abort"):
+                missing.append(f"{where}: {unit} Restart={restart}")
+    assert not missing, missing
+
+
+def _container(host: str) -> str:
+    bed = yaml.safe_load((INVENTORY / "testbed.yml").read_text())["name"]
+    return f"sciplat-{bed}-{host}"
+
+
+@pytest.mark.destructive
+def test_a_restarted_compute_host_heals_without_an_operator(host_of: Callable[[str], Any]) -> None:
+    started = time.monotonic()
+    subprocess.run(["podman", "restart", "--time", "10", _container("c1")], check=True, capture_output=True)
+    c1 = host_of("c1")
+    wait_for("c1 answers SSH", lambda: c1.run("true").rc == 0, timeout=120, every=2)
+    wait_for(
+        "c1's /home is mounted",
+        lambda: c1.run("timeout 10 stat -f /home && ls /home >/dev/null").rc == 0,
+        timeout=180,
+        every=3,
+    )
+    wait_for("c1 is back in Slurm", lambda: in_service(node_state(host_of, "c1")), timeout=180, every=3)
+    took = time.monotonic() - started
+    report = wait_for("sciplat status is green", lambda: (r := status_json())["healthy"] and r, timeout=120, every=5)
+    assert report["healthy"], unhealthy(report)
+    print(f"c1 restarted and back in service in {took:.0f}s")
+
+
+# ------------------------------------------------------------------ a real hub upgrade
+
+OLDER = {"jupyterhub": "5.5.3", "jupyterlab": "4.6.5"}
+
+
+def hub_versions(gw: Any) -> dict[str, str]:
+    out = gw.check_output(
+        "/opt/jupyterhub/bin/python -c "
+        "'import jupyterhub, jupyterlab; print(jupyterhub.__version__, jupyterlab.__version__)'"
+    )
+    hub, lab = out.split()
+    return {"jupyterhub": hub, "jupyterlab": lab}
+
+
+@pytest.mark.destructive
+def test_hub_upgrade_from_older_versions_keeps_servers_and_data(
+    running_server: dict[str, str], host_of: Callable[[str], Any], ca_cert: Path
+) -> None:
+    """Older JupyterHub and JupyterLab first, then `sciplat upgrade` to the pinned ones."""
+    gw = host_of("gw")
+    name, token = running_server["name"], running_server["token"]
+    pinned = up_versions()
+    code, summary = upgrade("--tier", "hub", *[f"--to={k}={v}" for k, v in OLDER.items()])
+    assert code == 0, json.dumps(summary["run"]["failures"], indent=2)
+    assert hub_versions(gw) == OLDER
+    started = api(token, "GET", f"/hub/api/users/{name}", ca_cert).json()["servers"][""]["started"]
+    api(
+        token,
+        "PUT",
+        f"/user/{name}/api/contents/upgrade-note.txt",
+        ca_cert,
+        json={"type": "file", "format": "text", "content": "written before the upgrade"},
+    )
+
+    code, summary = upgrade("--tier", "hub")
+    assert code == 0, json.dumps(summary["run"]["failures"], indent=2)
+    assert changed_on(summary, "gw", "jupyterhub upgrade-db"), "the hub's database migration did not run"
+    assert hub_versions(gw) == {k: pinned["hub"][k] for k in OLDER}
+    server = api(token, "GET", f"/hub/api/users/{name}", ca_cert).json()["servers"][""]
+    assert server["ready"] and server["started"] == started, "the running server did not survive the hub upgrade"
+    note = api(token, "GET", f"/user/{name}/api/contents/upgrade-note.txt", ca_cert).json()
+    assert note["content"] == "written before the upgrade"
+    users = json.loads(sciplat("users", "list", "-i", INV, "--json").stdout)
+    assert name in json.dumps(users), "the hub's database lost the user"
+    plan = json.loads(sciplat("upgrade", "-i", INV, "--plan", "--json").stdout)
+    assert not plan["hosts"]["gw"]["changes"], plan["hosts"]["gw"]["changes"]
+
+
+def up_versions() -> dict[str, Any]:
+    return dict(yaml.safe_load((REPO / "playbooks/group_vars/all/versions.yml").read_text())["sciplat_versions"])
