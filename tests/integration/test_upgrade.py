@@ -4,18 +4,18 @@
   a version is moved;
 - a (no-op) upgrade drains and resumes every compute node and ends green;
 - a compute node whose upgrade fails is resumed and the run stops with a report;
-- a running user server survives a hub restart;
-- SIGKILL of a platform daemon: systemd brings it back and the platform answers;
-- a restarted compute host comes back into Slurm with its /home, untouched.
+- SIGKILL of a platform daemon: systemd brings it back and the platform answers.
+
+Tests of a hub upgrade from older versions, of a server surviving a hub restart and
+of a restarted compute host were written on the `upgrade` branch but never ran on a
+bed; they join the suite once they have (docs/faults.md, docs/upgrade.md).
 """
 
 from __future__ import annotations
 
 import json
-import secrets as pysecrets
-import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,6 @@ import yaml
 
 from tests.conftest import REPO
 from tests.integration.conftest import INVENTORY, PUBLIC_URL, sciplat
-from tests.integration.test_hub import api, login, signup, start_server
 
 INV = str(INVENTORY)
 
@@ -148,48 +147,6 @@ def test_failed_compute_upgrade_resumes_the_node_and_stops(
     assert in_service(node_state(host_of, "c1")) and in_service(node_state(host_of, "c2"))
 
 
-# ------------------------------------------------------------------ hub restart
-
-
-@pytest.fixture
-def running_server(deployed: dict[str, Any], ca_cert: Path) -> Iterator[dict[str, str]]:
-    name = "up" + pysecrets.token_hex(3)
-    session = requests.Session()
-    session.verify = str(ca_cert)
-    assert signup(session, name).status_code < 400
-    assert json.loads(sciplat("users", "approve", name, "-i", INV, "--json").stdout)["ok"]
-    assert login(session, name).status_code < 400
-    token = json.loads(sciplat("token", name, "-i", INV, "--json").stdout)["token"]
-    start_server(token, name, ca_cert)
-    yield {"name": name, "token": token}
-    api(token, "DELETE", f"/hub/api/users/{name}/server", ca_cert)
-
-
-@pytest.mark.destructive
-def test_running_server_survives_a_hub_restart(
-    running_server: dict[str, str], host_of: Callable[[str], Any], ca_cert: Path
-) -> None:
-    name, token = running_server["name"], running_server["token"]
-    before = api(token, "GET", f"/hub/api/users/{name}", ca_cert).json()["servers"][""]
-    status = api(token, "GET", f"/user/{name}/api/status", ca_cert)
-    assert status.status_code == 200
-    gw = host_of("gw")
-    old_pid = gw.check_output("systemctl show -p MainPID --value jupyterhub.service")
-    gw.run_expect([0], "systemctl restart jupyterhub.service")
-    assert gw.check_output("systemctl show -p MainPID --value jupyterhub.service") != old_pid
-    wait_for(
-        "the hub answers again",
-        lambda: api(token, "GET", "/hub/api/user", ca_cert).status_code == 200,
-        timeout=90,
-    )
-    after = api(token, "GET", f"/hub/api/users/{name}", ca_cert).json()["servers"][""]
-    assert after["ready"] and after["started"] == before["started"], "the server was restarted, not kept"
-    assert api(token, "GET", f"/user/{name}/api/status", ca_cert).status_code == 200
-
-
-# ------------------------------------------------------------------ faults
-
-
 def _answers(url: str, ca_cert: Path) -> bool:
     return requests.get(url, verify=str(ca_cert), timeout=5).status_code == 200
 
@@ -281,79 +238,3 @@ def test_every_platform_daemon_restarts_on_failure(host_of: Callable[[str], Any]
             if restart not in ("on-failure", "always", "on-abnormal", "on-abort"):
                 missing.append(f"{where}: {unit} Restart={restart}")
     assert not missing, missing
-
-
-def _container(host: str) -> str:
-    bed = yaml.safe_load((INVENTORY / "testbed.yml").read_text())["name"]
-    return f"sciplat-{bed}-{host}"
-
-
-@pytest.mark.destructive
-def test_a_restarted_compute_host_heals_without_an_operator(host_of: Callable[[str], Any]) -> None:
-    started = time.monotonic()
-    subprocess.run(["podman", "restart", "--time", "10", _container("c1")], check=True, capture_output=True)
-    c1 = host_of("c1")
-    wait_for("c1 answers SSH", lambda: c1.run("true").rc == 0, timeout=120, every=2)
-    wait_for(
-        "c1's /home is mounted",
-        lambda: c1.run("timeout 10 stat -f /home && ls /home >/dev/null").rc == 0,
-        timeout=180,
-        every=3,
-    )
-    wait_for("c1 is back in Slurm", lambda: in_service(node_state(host_of, "c1")), timeout=180, every=3)
-    took = time.monotonic() - started
-    report = wait_for("sciplat status is green", lambda: (r := status_json())["healthy"] and r, timeout=120, every=5)
-    assert report["healthy"], unhealthy(report)
-    print(f"c1 restarted and back in service in {took:.0f}s")
-
-
-# ------------------------------------------------------------------ a real hub upgrade
-
-OLDER = {"jupyterhub": "5.5.3", "jupyterlab": "4.6.5"}
-
-
-def hub_versions(gw: Any) -> dict[str, str]:
-    out = gw.check_output(
-        "/opt/jupyterhub/bin/python -c "
-        "'import jupyterhub, jupyterlab; print(jupyterhub.__version__, jupyterlab.__version__)'"
-    )
-    hub, lab = out.split()
-    return {"jupyterhub": hub, "jupyterlab": lab}
-
-
-@pytest.mark.destructive
-def test_hub_upgrade_from_older_versions_keeps_servers_and_data(
-    running_server: dict[str, str], host_of: Callable[[str], Any], ca_cert: Path
-) -> None:
-    """Older JupyterHub and JupyterLab first, then `sciplat upgrade` to the pinned ones."""
-    gw = host_of("gw")
-    name, token = running_server["name"], running_server["token"]
-    pinned = up_versions()
-    code, summary = upgrade("--tier", "hub", *[f"--to={k}={v}" for k, v in OLDER.items()])
-    assert code == 0, json.dumps(summary["run"]["failures"], indent=2)
-    assert hub_versions(gw) == OLDER
-    started = api(token, "GET", f"/hub/api/users/{name}", ca_cert).json()["servers"][""]["started"]
-    api(
-        token,
-        "PUT",
-        f"/user/{name}/api/contents/upgrade-note.txt",
-        ca_cert,
-        json={"type": "file", "format": "text", "content": "written before the upgrade"},
-    )
-
-    code, summary = upgrade("--tier", "hub")
-    assert code == 0, json.dumps(summary["run"]["failures"], indent=2)
-    assert changed_on(summary, "gw", "jupyterhub upgrade-db"), "the hub's database migration did not run"
-    assert hub_versions(gw) == {k: pinned["hub"][k] for k in OLDER}
-    server = api(token, "GET", f"/hub/api/users/{name}", ca_cert).json()["servers"][""]
-    assert server["ready"] and server["started"] == started, "the running server did not survive the hub upgrade"
-    note = api(token, "GET", f"/user/{name}/api/contents/upgrade-note.txt", ca_cert).json()
-    assert note["content"] == "written before the upgrade"
-    users = json.loads(sciplat("users", "list", "-i", INV, "--json").stdout)
-    assert name in json.dumps(users), "the hub's database lost the user"
-    plan = json.loads(sciplat("upgrade", "-i", INV, "--plan", "--json").stdout)
-    assert not plan["hosts"]["gw"]["changes"], plan["hosts"]["gw"]["changes"]
-
-
-def up_versions() -> dict[str, Any]:
-    return dict(yaml.safe_load((REPO / "playbooks/group_vars/all/versions.yml").read_text())["sciplat_versions"])
