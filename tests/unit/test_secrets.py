@@ -137,7 +137,7 @@ def test_secret_not_needed_by_the_platform_is_not_generated(tmp_path: Path) -> N
 def test_needed_when_naming_an_unknown_field_is_an_error(tmp_path: Path) -> None:
     repo, inv = fake_repo(tmp_path, CONDITIONAL.replace("storage.backend", "storage.flavour")), tmp_path / "inv"
     inv.mkdir()
-    with pytest.raises(s.SecretError, match="storage.flavour"):
+    with pytest.raises(s.SecretError, match=r"storage\.flavour"):
         s.ensure(inv, repo, platform_name="lab", ca_validity_days=30, settings={"storage": {"backend": "ceph"}})
 
 
