@@ -82,3 +82,15 @@ def secret(deployed: dict[str, Any]) -> Callable[[str], Any]:
 def ca_cert(deployed: dict[str, Any]) -> Path:
     assert CA_CERT.is_file(), "sciplat up writes the platform CA to inventories/local/pki/ca.crt"
     return CA_CERT
+
+
+def probe_afresh(host_of: Callable[[str], Any]) -> None:
+    """Run the synthetic user once now, where it is deployed, and wait for it to finish.
+
+    `sciplat status` reports the probe's last run. A run that happened to fall into a
+    deliberate outage of an earlier test (a stopped PostgreSQL, a restarting storage
+    host) stays red until the next run, minutes later; tests that need a green status
+    after such an outage call this first."""
+    monitor = host_of("gw")
+    if monitor.run("systemctl cat sciplat-probe.service").rc == 0:
+        monitor.run("timeout 240 systemctl start sciplat-probe.service")

@@ -24,7 +24,7 @@ import requests
 import yaml
 
 from tests.conftest import REPO
-from tests.integration.conftest import INVENTORY, PUBLIC_URL, sciplat
+from tests.integration.conftest import INVENTORY, PUBLIC_URL, probe_afresh, sciplat
 
 INV = str(INVENTORY)
 
@@ -121,6 +121,7 @@ def test_upgrade_refuses_unknown_components(deployed: dict[str, Any]) -> None:
 def test_noop_upgrade_drains_and_resumes_every_compute_node(
     deployed: dict[str, Any], host_of: Callable[[str], Any]
 ) -> None:
+    probe_afresh(host_of)  # the health gate needs a green status after the storage tests' outages
     started = time.monotonic()
     code, summary = upgrade("--serial", "1", "--drain-timeout", "60")
     assert code == 0 and summary["ok"], json.dumps(summary, indent=2)[-4000:]
@@ -136,6 +137,7 @@ def test_noop_upgrade_drains_and_resumes_every_compute_node(
 def test_failed_compute_upgrade_resumes_the_node_and_stops(
     deployed: dict[str, Any], host_of: Callable[[str], Any]
 ) -> None:
+    probe_afresh(host_of)
     code, summary = upgrade("--tier", "compute", "-e", json.dumps({"upgrade_fail_health_check": ["c1"]}))
     assert code == 1 and not summary["ok"] and summary["stage"] == "stopped"
     messages = " ".join(f["msg"] for f in summary["run"]["failures"])
