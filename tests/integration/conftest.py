@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -92,5 +93,10 @@ def probe_afresh(host_of: Callable[[str], Any]) -> None:
     host) stays red until the next run, minutes later; tests that need a green status
     after such an outage call this first."""
     monitor = host_of("gw")
-    if monitor.run("systemctl cat sciplat-probe.service").rc == 0:
+    if monitor.run("systemctl cat sciplat-probe.service").rc != 0:
+        return
+    for _ in range(3):  # the hub may need a few seconds to reconnect to its database
         monitor.run("timeout 240 systemctl start sciplat-probe.service")
+        if monitor.run("/usr/local/bin/sciplat-probe status").rc == 0:
+            return
+        time.sleep(10)
