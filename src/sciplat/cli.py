@@ -142,27 +142,18 @@ def up(
             raise typer.Exit(EXIT_INVALID)
     spec = _validated(inventory)
     _, password = _prepare(inventory, spec)
-    repo = repo_root()
-    with runner_mod.vault_password_file(password) as pass_file:
-        command = runner_mod.build_command(
-            repo,
-            inventory.resolve(),
-            "site.yml",
-            vault_file=(inventory / secrets_mod.VAULT_FILE).resolve(),
-            vault_password_path=pass_file,
-            check=check,
-            tags=[t for tag in tags or [] for t in tag.split(",") if t],
-            limit=limit,
-            extra_vars=overrides,
-        )
-        result = runner_mod.run_playbook(
-            command,
-            repo=repo,
-            inventory_dir=inventory.resolve(),
-            label="check" if check else "up",
-            console=err if as_json else console,
-            quiet=as_json,
-        )
+    result = runner_mod.run_with_vault(
+        inventory,
+        password,
+        "site.yml",
+        label="check" if check else "up",
+        console=err if as_json else console,
+        quiet=as_json,
+        check=check,
+        tags=[t for tag in tags or [] for t in tag.split(",") if t],
+        limit=limit,
+        extra_vars=overrides,
+    )
     summary = result.as_dict() | {"check": check, "url": spec.public_url}
     (inventory / render_mod.STATE_DIR / "last-run.json").write_text(json.dumps(summary, indent=2))
     if as_json:

@@ -252,6 +252,42 @@ def run_playbook(
     return result
 
 
+def run_with_vault(
+    inventory: Path,
+    password: str,
+    playbook: str,
+    *,
+    label: str,
+    console: Console,
+    quiet: bool = False,
+    check: bool = False,
+    tags: Sequence[str] = (),
+    limit: str | None = None,
+    extra_vars: dict[str, Any] | None = None,
+) -> RunResult:
+    """Run one of the repository's playbooks on an inventory, with its vault open for
+    the length of the run (sciplat up, backup, restore, upgrade)."""
+    from sciplat.paths import repo_root
+    from sciplat.secrets import VAULT_FILE
+
+    repo = repo_root()
+    with vault_password_file(password) as pass_file:
+        command = build_command(
+            repo,
+            inventory.resolve(),
+            playbook,
+            vault_file=(inventory / VAULT_FILE).resolve(),
+            vault_password_path=pass_file,
+            check=check,
+            tags=tags,
+            limit=limit,
+            extra_vars=extra_vars,
+        )
+        return run_playbook(
+            command, repo=repo, inventory_dir=inventory.resolve(), label=label, console=console, quiet=quiet
+        )
+
+
 def print_summary(result: RunResult, console: Console, *, check: bool) -> None:
     if check and result.diffs:
         console.rule("changes check mode would make")

@@ -27,7 +27,6 @@ from rich.table import Table
 
 from sciplat import render as render_mod
 from sciplat import runner as runner_mod
-from sciplat import secrets as secrets_mod
 from sciplat import status as status_mod
 from sciplat.paths import repo_root
 
@@ -412,19 +411,9 @@ def upgrade(
         "upgrade_skip_backup": skip_backup,
         "upgrade_tiers": list(tiers or TIERS),
     }
-    repo = repo_root()
-    with runner_mod.vault_password_file(password) as pass_file:
-        command = runner_mod.build_command(
-            repo,
-            inventory.resolve(),
-            "upgrade.yml",
-            vault_file=(inventory / secrets_mod.VAULT_FILE).resolve(),
-            vault_password_path=pass_file,
-            extra_vars=variables,
-        )
-        result = runner_mod.run_playbook(
-            command, repo=repo, inventory_dir=inventory.resolve(), label="upgrade", console=out, quiet=as_json
-        )
+    result = runner_mod.run_with_vault(
+        inventory, password, "upgrade.yml", label="upgrade", console=out, quiet=as_json, extra_vars=variables
+    )
     summary["run"] = result.as_dict()
     nodes = compute_nodes(inventory)
     summary["nodes"] = nodes
