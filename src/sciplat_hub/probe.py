@@ -309,6 +309,49 @@ class StepResult:
     error: str = ""
 
 
+def execute_request(code: str, username: str) -> dict[str, Any]:
+    """A Jupyter-protocol execute_request for CODE on the shell channel; its id is header.msg_id."""
+    return {
+        "header": {
+            "msg_id": uuid.uuid4().hex,
+            "username": username,
+            "session": uuid.uuid4().hex,
+            "msg_type": "execute_request",
+            "version": "5.3",
+        },
+        "parent_header": {},
+        "metadata": {},
+        "content": {
+            "code": code,
+            "silent": False,
+            "store_history": False,
+            "user_expressions": {},
+            "allow_stdin": False,
+        },
+        "channel": "shell",
+    }
+
+
+def cell_output(ws: Any, msg_id: str, deadline: float) -> str:
+    """Read the kernel's messages about MSG_ID until it is idle again: the cell's stdout.
+    ProbeError names the exception when the cell failed, or says it ran out of time."""
+    out: list[str] = []
+    while True:
+        if time.monotonic() > deadline:
+            raise ProbeError("the cell did not finish in time")
+        reply = json.loads(ws.recv())
+        if reply.get("parent_header", {}).get("msg_id") != msg_id:
+            continue
+        kind = reply.get("msg_type")
+        if kind == "stream":
+            out.append(reply["content"]["text"])
+        elif kind == "error":
+            content = reply["content"]
+            raise ProbeError(f"{content.get('ename')}: {content.get('evalue')}")
+        elif kind == "status" and reply["content"].get("execution_state") == "idle":
+            return "".join(out)
+
+
 class Probe:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -429,44 +472,10 @@ class Probe:
             )
         except (OSError, websocket.WebSocketException) as exc:
             raise ProbeError(f"the kernel WebSocket did not open: {exc}") from exc
-        msg_id = uuid.uuid4().hex
-        message = {
-            "header": {
-                "msg_id": msg_id,
-                "username": self.user,
-                "session": uuid.uuid4().hex,
-                "msg_type": "execute_request",
-                "version": "5.3",
-            },
-            "parent_header": {},
-            "metadata": {},
-            "content": {
-                "code": code,
-                "silent": False,
-                "store_history": False,
-                "user_expressions": {},
-                "allow_stdin": False,
-            },
-            "channel": "shell",
-        }
-        out: list[str] = []
-        deadline = time.monotonic() + timeout
+        message = execute_request(code, self.user)
         try:
             ws.send(json.dumps(message))
-            while True:
-                if time.monotonic() > deadline:
-                    raise ProbeError(f"the cell did not finish within {timeout:.0f} s")
-                reply = json.loads(ws.recv())
-                if reply.get("parent_header", {}).get("msg_id") != msg_id:
-                    continue
-                kind = reply.get("msg_type")
-                if kind == "stream":
-                    out.append(reply["content"]["text"])
-                elif kind == "error":
-                    content = reply["content"]
-                    raise ProbeError(f"{content.get('ename')}: {content.get('evalue')}")
-                elif kind == "status" and reply["content"].get("execution_state") == "idle":
-                    return "".join(out)
+            return cell_output(ws, message["header"]["msg_id"], time.monotonic() + timeout)
         except (OSError, websocket.WebSocketException) as exc:
             raise ProbeError(f"the kernel WebSocket broke: {exc}") from exc
         finally:

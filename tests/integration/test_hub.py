@@ -11,7 +11,6 @@ import json
 import re
 import secrets
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ import pytest
 import requests
 import websocket
 
+from sciplat_hub.probe import ProbeError, cell_output, execute_request
 from tests.integration.conftest import INVENTORY, PUBLIC_URL, sciplat
 
 PASSWORD = "correct-horse-battery-" + secrets.token_hex(4)
@@ -101,46 +101,15 @@ def run_code(token: str, name: str, code: str, ca_cert: Path) -> str:
     ws = websocket.create_connection(
         url, header=[f"Authorization: token {token}"], sslopt={"ca_certs": str(ca_cert)}, timeout=60
     )
-    msg_id = uuid.uuid4().hex
-    ws.send(
-        json.dumps(
-            {
-                "header": {
-                    "msg_id": msg_id,
-                    "username": name,
-                    "session": uuid.uuid4().hex,
-                    "msg_type": "execute_request",
-                    "version": "5.3",
-                },
-                "parent_header": {},
-                "metadata": {},
-                "content": {
-                    "code": code,
-                    "silent": False,
-                    "store_history": False,
-                    "user_expressions": {},
-                    "allow_stdin": False,
-                },
-                "channel": "shell",
-            }
-        )
-    )
-    out = []
+    message = execute_request(code, name)
     try:
-        while True:
-            message = json.loads(ws.recv())
-            if message.get("parent_header", {}).get("msg_id") != msg_id:
-                continue
-            if message["msg_type"] == "stream":
-                out.append(message["content"]["text"])
-            elif message["msg_type"] == "error":
-                raise AssertionError(f"the code failed: {message['content']}")
-            elif message["msg_type"] == "status" and message["content"]["execution_state"] == "idle":
-                break
+        ws.send(json.dumps(message))
+        return cell_output(ws, message["header"]["msg_id"], time.monotonic() + 120)
+    except ProbeError as exc:
+        raise AssertionError(f"the code failed: {exc}") from None
     finally:
         ws.close()
         api(token, "DELETE", f"/user/{name}/api/kernels/{kernel_id}", ca_cert)
-    return "".join(out)
 
 
 @pytest.fixture(scope="module")
