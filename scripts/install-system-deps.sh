@@ -5,6 +5,7 @@ set -euo pipefail
 
 packages=(
   podman runc netavark aardvark-dns uidmap slirp4netns  # test-bed hosts as podman containers
+  iptables                                                 # netavark sets up the bed network with it
   debootstrap                                              # the test bed's base image
   openssh-client curl ca-certificates git make             # controller tools
   python3-venv                                             # the sciplat venv
