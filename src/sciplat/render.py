@@ -80,6 +80,7 @@ def role_vars(spec: PlatformSpec, inventory_dir: Path) -> dict[str, Any]:
     }
     values.update(storage_vars(spec))
     values.update(_slurm_vars(spec))
+    values.update(notebook_vars(spec))
     if tls.mode == "provided" and tls.provided is not None:
         provided = tls.provided
         values["pki_provided_cert_file"] = str((inventory_dir / provided.cert_file).resolve())
@@ -119,7 +120,9 @@ def _slurm_vars(spec: PlatformSpec) -> dict[str, Any]:
         # Slurm names accounting tables after the cluster: letters, digits, '_'
         "slurm_controller_cluster_name": spec.platform.name.replace("-", "_")[:40],
         "slurm_controller_partitions": [
-            {"name": p.name, "max_time": int(p.max_time), "default": p.default} for p in compute.partitions
+            {"name": p.name, "max_time": int(p.max_time), "default": p.default}
+            | ({"oversubscribe": p.oversubscribe} if p.oversubscribe > 1 else {})
+            for p in compute.partitions
         ],
         "slurm_controller_default_limits": {
             "cpus": limits.cpus,
@@ -128,6 +131,27 @@ def _slurm_vars(spec: PlatformSpec) -> dict[str, Any]:
             "max_wall_minutes": (int(limits.max_wall) + 59) // 60,
         },
     }
+
+
+# compute.notebooks: auto decides when Ansible knows the inventory's groups.
+AUTO_SPAWNER = "{{ 'slurm' if groups['compute'] | default([]) | length > 0 else 'systemd' }}"
+
+
+def notebook_vars(spec: PlatformSpec) -> dict[str, Any]:
+    """compute.notebooks: where the hub starts users' servers (hub_spawner) and their Slurm jobs' partition."""
+    compute = spec.compute
+    if compute.notebooks == "hub" or compute.scheduler != "slurm":
+        spawner = "systemd"
+    elif compute.notebooks == "compute":
+        spawner = "slurm"
+    else:
+        spawner = AUTO_SPAWNER
+    values: dict[str, Any] = {"hub_spawner": spawner}
+    partition = compute.notebook_partition()
+    if partition is not None:
+        values["hub_slurm_partition"] = partition.name
+        values["hub_slurm_time_limit"] = int(partition.max_time)
+    return values
 
 
 def write_inventory_source(spec: PlatformSpec, inventory_dir: Path) -> Path:

@@ -333,6 +333,15 @@ class Partition(Section):
     name: str
     max_time: Duration = Field(default=86400)
     default: bool = False
+    oversubscribe: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description=(
+            "Jobs that may share one core (Slurm OverSubscribe=FORCE:N); 1: none. "
+            "Lets idle notebook servers share cores on an interactive partition; memory is never shared."
+        ),
+    )
 
     @field_validator("name")
     @classmethod
@@ -361,6 +370,15 @@ class ComputeSection(Section):
         default="slurm",
         description="slurm: notebooks and batch jobs run on the compute group; none: notebooks run on the hub host.",
     )
+    notebooks: Literal["auto", "compute", "hub"] = Field(
+        default="auto",
+        description=(
+            "Where users' notebook servers run. compute: each server is a Slurm job on the compute group "
+            "(partition 'interactive' if there is one, else the default partition); hub: on the hub host; "
+            "auto: compute when scheduler is slurm and the inventory has compute hosts, else hub. "
+            "Tutorial (anonymous) users' servers always run on the hub host."
+        ),
+    )
     partitions: list[Partition] = Field(
         default_factory=lambda: [
             Partition(name="interactive", max_time=12 * 3600, default=True),
@@ -384,7 +402,17 @@ class ComputeSection(Section):
                 raise ValueError(f"{kind} names must be unique; repeated: {', '.join(duplicates)}")
             if items and sum(1 for item in items if item.default) != 1:
                 raise ValueError(f"exactly one of compute.{kind} must have default: true")
+        if self.notebooks == "compute" and self.scheduler != "slurm":
+            raise ValueError(
+                "notebooks: compute runs each server as a Slurm job, but scheduler is 'none'; "
+                "set scheduler: slurm, or notebooks: hub (or auto)"
+            )
         return self
+
+    def notebook_partition(self) -> Partition | None:
+        """The partition of notebook servers' jobs: 'interactive' if there is one, else the default."""
+        by_name = {p.name: p for p in self.partitions}
+        return by_name.get("interactive") or next((p for p in self.partitions if p.default), None)
 
 
 # ---------------------------------------------------------------- monitoring

@@ -17,6 +17,14 @@ ADMIN_SERVICE = "sciplat-admin"
 # the synthetic user (sciplat_hub.probe): a hub service that may only create the
 # bot user of that name and issue tokens for it
 PROBE_SERVICE = PROBE_USER = "sciplat-probe"
+# the users' notebook environment (roles/notebook_env, hub_notebook_prefix):
+# every user server runs its jupyterhub-singleuser and its python3 kernel
+NOTEBOOK_PREFIX = "/opt/sciplat/notebook"
+# hub_spawner: where users' servers run (sciplat_hub.hub_spawner)
+SPAWNERS = {
+    "systemd": "sciplat_hub.hub_spawner.SciplatSystemdSpawner",
+    "slurm": "sciplat_hub.hub_spawner.SciplatSlurmSpawner",
+}
 
 
 def db_url(db: dict[str, Any]) -> str:
@@ -96,7 +104,7 @@ def services(settings: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[
 
 
 def configure(c: Any, settings: dict[str, Any]) -> None:
-    prefix = settings["prefix"]
+    notebook = str(settings.get("notebook_prefix") or NOTEBOOK_PREFIX)
     hub = c.JupyterHub
     hub.bind_url = f"http://:{int(settings['proxy_port'])}"
     hub.hub_bind_url = f"http://127.0.0.1:{int(settings['hub_port'])}"
@@ -122,13 +130,14 @@ def configure(c: Any, settings: dict[str, Any]) -> None:
     c.SciplatAuthenticator.oauth_client_secrets = settings.get("oauth_client_secrets", {})
     c.SciplatAuthenticator.public_url = settings["public_url"]
 
-    if settings.get("spawner", "systemd") != "systemd":
-        raise ValueError(f"spawner {settings['spawner']!r} is not supported by this hub; use systemd")
-    hub.spawner_class = "sciplat_hub.hub_spawner.SciplatSystemdSpawner"
+    kind = settings.get("spawner", "systemd")
+    if kind not in SPAWNERS:
+        raise ValueError(f"spawner {kind!r} is not supported by this hub; use one of: {', '.join(SPAWNERS)}")
+    hub.spawner_class = SPAWNERS[kind]
     from sciplat_hub.hub_spawner import provision_hook
 
     spawner = c.Spawner
-    spawner.cmd = [f"{prefix}/bin/jupyterhub-singleuser"]
+    spawner.cmd = [f"{notebook}/bin/jupyterhub-singleuser"]
     spawner.default_url = "/lab"
     spawner.start_timeout = int(settings["start_timeout"])
     spawner.http_timeout = int(settings["start_timeout"])
@@ -137,10 +146,30 @@ def configure(c: Any, settings: dict[str, Any]) -> None:
     c.SystemdSpawner.isolate_tmp = True
     c.SystemdSpawner.disable_user_sudo = True
     c.SystemdSpawner.default_shell = "/bin/bash"
-    c.SystemdSpawner.extra_paths = [f"{prefix}/bin"]
+    c.SystemdSpawner.extra_paths = [f"{notebook}/bin"]
     c.SciplatSystemdSpawner.profiles = settings["profiles"]
     tutorial = next((m for m in settings["authenticators"] if m.get("type") == "anonymous"), None)
     c.SciplatSystemdSpawner.tutorial = dict(tutorial or {})
     provision = settings.get("provision") or {}
     c.SciplatSystemdSpawner.provision_python = provision.get("python", "/opt/sciplat/venv/bin/python")
     c.SciplatSystemdSpawner.provision_timeout = int(provision.get("timeout", 120))
+    if kind == "slurm":
+        configure_slurm(c, settings)
+
+
+def configure_slurm(c: Any, settings: dict[str, Any]) -> None:
+    """Servers as Slurm jobs: the compute nodes reach the hub's API, the proxy reaches the nodes.
+
+    The hub listens on every address (the firewall admits the compute hosts
+    only); the proxy and the hub's services keep talking to it on loopback.
+    """
+    slurm = settings["slurm"]
+    port = int(settings["hub_port"])
+    c.JupyterHub.hub_bind_url = f"http://0.0.0.0:{port}"
+    c.JupyterHub.hub_connect_url = f"http://127.0.0.1:{port}"
+    spawner = c.SciplatSlurmSpawner
+    spawner.hub_connect_url = f"http://{slurm['hub_address']}:{port}"
+    spawner.slurm_partition = str(slurm["partition"])
+    spawner.slurm_time_limit = int(slurm["time_limit"])
+    spawner.slurm_port_range = str(slurm["port_range"])
+    spawner.notebook_prefix = str(settings.get("notebook_prefix") or "/opt/sciplat/notebook")
