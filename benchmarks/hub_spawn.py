@@ -3,8 +3,10 @@
 Makes N users (native sign-up, approved with `sciplat users approve`, a token
 with `sciplat token`), then starts their default servers one after another and
 then all at once, timing each from the POST until the hub reports the server
-ready. Samples the hub process's CPU and memory meanwhile. Stops the
-servers afterwards. Writes benchmarks/results/hub-spawn-<time>.json.
+ready, and notes where each server runs: the compute node of its Slurm job
+(hub_spawner slurm) or "hub" (a systemd unit on the hub host). Samples the hub
+process's CPU and memory meanwhile. Stops the servers afterwards. Writes
+benchmarks/results/hub-spawn-<time>.json.
 
     .venv/bin/python benchmarks/hub_spawn.py -i inventories/local --users 20
 """
@@ -21,6 +23,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
@@ -92,6 +95,21 @@ class Bed:
                 return
             time.sleep(0.5)
 
+    def nodes(self) -> dict[str, str]:
+        """User -> compute node of their running default server's Slurm job (squeue on the hub host)."""
+        out = subprocess.run(
+            [*self.ssh, "squeue --noheader --states=RUNNING --format='%j|%N' 2>/dev/null"],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout
+        found = {}
+        for line in out.splitlines():
+            job, _, node = line.strip().partition("|")
+            if job.startswith("jupyter-") and job.endswith("-default"):
+                found[job.removeprefix("jupyter-").removesuffix("-default")] = node
+        return found
+
     def hub_usage(self) -> tuple[float, int]:
         """CPU seconds and resident bytes of the hub's main process (ps: cgroup accounting may be off)."""
         out = subprocess.run(
@@ -142,12 +160,15 @@ def main() -> None:
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
-    sequential = []
+    sequential, sequential_nodes = [], []
     for name, token in users.items():
         sequential.append(bed.start(name, token))
+        sequential_nodes.append(bed.nodes().get(name, "hub"))
         bed.stop(name, token)
     with ThreadPoolExecutor(max_workers=len(users)) as pool:
         concurrent = list(pool.map(lambda item: bed.start(*item), users.items()))
+    running = bed.nodes()
+    concurrent_nodes = [running.get(name, "hub") for name in users]
     for name, token in users.items():
         bed.stop(name, token)
     done.set()
@@ -163,7 +184,17 @@ def main() -> None:
         if cpu_percent
         else {},
         "hub_memory_mib_max": round(max(s[2] for s in samples) / 2**20, 1) if samples else None,
-        "raw": {"sequential": sequential, "concurrent": concurrent},
+        # where the servers ran: a compute node (Slurm job) or "hub" (systemd unit on the hub host)
+        "servers_per_node": {
+            "sequential": dict(Counter(sequential_nodes)),
+            "concurrent": dict(Counter(concurrent_nodes)),
+        },
+        "raw": {
+            "sequential": sequential,
+            "concurrent": concurrent,
+            "sequential_nodes": sequential_nodes,
+            "concurrent_nodes": concurrent_nodes,
+        },
     }
     out = REPO / "benchmarks" / "results" / f"hub-spawn-{datetime.now():%Y%m%dT%H%M%S}.json"
     out.parent.mkdir(exist_ok=True)
