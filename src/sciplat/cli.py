@@ -379,3 +379,9 @@ app.command("token")(_users.token)
 from sciplat.commands import upgrade as _upgrade  # noqa: E402
 
 app.command("upgrade")(_upgrade.upgrade)
+
+# sciplat backup, sciplat restore (src/sciplat/commands/backup.py)
+from sciplat.commands import backup as _backup  # noqa: E402
+
+app.command("backup")(_backup.backup)
+app.command("restore")(_backup.restore)

@@ -77,6 +77,11 @@ def role_vars(spec: PlatformSpec, inventory_dir: Path) -> dict[str, Any]:
         # the synthetic user (off with monitoring: it reports through node_exporter)
         "probe_enabled": spec.monitoring.enabled and spec.monitoring.probe.enabled,
         "probe_interval_minutes": spec.monitoring.probe.interval_minutes,
+        # backups (roles/backup)
+        "backup_enabled": spec.backup.enabled,
+        "backup_schedule": spec.backup.schedule,
+        "backup_target": spec.backup.target,
+        "backup_retention": spec.backup.retention.model_dump(),
     }
     values.update(storage_vars(spec))
     values.update(_slurm_vars(spec))
