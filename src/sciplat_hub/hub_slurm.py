@@ -161,6 +161,10 @@ port=$({shlex.quote(prefix + "/bin/python")} - {low} {high} <<'SCIPLAT_PICK_PORT
 scontrol update JobId="$SLURM_JOB_ID" Comment="{COMMENT_KEY}$port"
 export JUPYTERHUB_SERVICE_URL="http://0.0.0.0:$port${{JUPYTERHUB_SERVICE_PREFIX:-/}}"
 echo "sciplat: server of {req.user} in job $SLURM_JOB_ID on $(hostname), port $port"
+# sbatch and srun in the server's terminals make jobs of their own, as from a
+# login node, rather than steps inside this server's allocation
+export SCIPLAT_SERVER_JOB_ID="$SLURM_JOB_ID"
+for name in $(compgen -e | grep -E '^(SLURM|SBATCH|SALLOC|SRUN)_' || true); do unset "$name"; done
 exec {command}
 """
 

@@ -267,7 +267,7 @@ class SciplatSlurmSpawner(SciplatSystemdSpawner):
                     self.job_id = ""
                     raise RuntimeError(hub_slurm.start_failure_message(status, tail, request.log_file(status.job_id)))
             await asyncio.sleep(1)
-        await self._cancel(self.job_id)
+        await self._cancel(self.job_id, wait=False)  # the message now, not after JupyterHub's own timeout
         self.job_id = ""
         raise RuntimeError(hub_slurm.pending_message(status, profile_label(profile), int(self.start_timeout)))
 

@@ -95,7 +95,10 @@ def test_job_script_picks_a_port_reports_it_and_starts_the_server(tmp_path: Path
     (prefix / "bin").mkdir(parents=True)
     (prefix / "bin" / "python").symlink_to(sys.executable)
     singleuser = prefix / "bin" / "jupyterhub-singleuser"
-    singleuser.write_text('#!/bin/sh\necho "SERVICE_URL=$JUPYTERHUB_SERVICE_URL"\necho "ARGS=$*"\n')
+    singleuser.write_text(
+        '#!/bin/sh\necho "SERVICE_URL=$JUPYTERHUB_SERVICE_URL"\necho "ARGS=$*"\n'
+        'echo "JOB=$SCIPLAT_SERVER_JOB_ID"\nenv | grep "^SLURM_" || echo "no SLURM variables"\n'
+    )
     singleuser.chmod(0o755)
     tools = tmp_path / "tools"
     tools.mkdir()
@@ -110,6 +113,7 @@ def test_job_script_picks_a_port_reports_it_and_starts_the_server(tmp_path: Path
         env={
             "PATH": f"{tools}:{os.environ['PATH']}",
             "SLURM_JOB_ID": "4242",
+            "SLURM_CPUS_PER_TASK": "1",
             "JUPYTERHUB_SERVICE_PREFIX": "/user/alice/",
         },
         capture_output=True,
@@ -124,6 +128,8 @@ def test_job_script_picks_a_port_reports_it_and_starts_the_server(tmp_path: Path
     assert port is not None, reported
     assert f"SERVICE_URL=http://0.0.0.0:{port}/user/alice/" in done.stdout
     assert "ARGS=--debug a b" in done.stdout
+    # the server's own job is remembered, but sbatch/srun in its terminals start jobs of their own
+    assert "JOB=4242" in done.stdout and "no SLURM variables" in done.stdout
 
 
 def test_job_script_fails_when_no_port_is_free(tmp_path: Path) -> None:
