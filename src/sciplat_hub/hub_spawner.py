@@ -128,6 +128,7 @@ async def _run_split(
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         env=env,
+        cwd="/",  # not the hub's 0700 state directory: some commands run as the user
     )
     try:
         out, err = await asyncio.wait_for(proc.communicate(stdin.encode() if stdin is not None else None), timeout)
