@@ -8,7 +8,7 @@ import http.server
 import json
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 import yaml
@@ -237,19 +237,19 @@ def test_scratch_restore_refuses_the_live_data_directory(tmp_path: Path) -> None
 
 
 class _FakeS3(http.server.BaseHTTPRequestHandler):
-    buckets: set[str] = set()
-    requests: list[tuple[str, str, str]] = []
+    buckets: ClassVar[set[str]] = set()
+    requests: ClassVar[list[tuple[str, str, str]]] = []
 
     def _answer(self, status: int) -> None:
         self.send_response(status)
         self.send_header("Content-Length", "0")
         self.end_headers()
 
-    def do_HEAD(self) -> None:  # noqa: N802
+    def do_HEAD(self) -> None:
         self.requests.append(("HEAD", self.path, self.headers.get("Authorization", "")))
         self._answer(200 if self.path.strip("/") in self.buckets else 404)
 
-    def do_PUT(self) -> None:  # noqa: N802
+    def do_PUT(self) -> None:
         self.requests.append(("PUT", self.path, self.headers.get("Authorization", "")))
         self.buckets.add(self.path.strip("/"))
         self._answer(200)
@@ -316,9 +316,9 @@ def test_restore_refuses_path_for_other_kinds_before_touching_anything(tmp_path:
 
 
 def test_upgrade_finds_the_backup_it_takes_first() -> None:
-    from sciplat.commands import upgrade
-
     import inspect
+
+    from sciplat.commands import upgrade
 
     assert "what" in inspect.signature(backup_cmd.run_backup_now).parameters
     assert "run_backup_now" in inspect.getsource(upgrade.run_backup)
