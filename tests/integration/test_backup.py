@@ -1,0 +1,215 @@
+"""Backups on the test bed: every kind backs up, its age reaches Prometheus and `sciplat
+backup`, retention removes the oldest backups, PITR (into a scratch copy beside the
+live cluster), a deleted file in a home and a deleted directory entry come back.
+
+Kinds and hosts on this bed: db, directory, slurm on `data`; homes on `gw`.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import shlex
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from tests.integration.conftest import INVENTORY, sciplat
+
+DATA, GW = "data", "gw"
+KINDS = {"db", "homes", "directory", "slurm"}
+PROMETHEUS = "http://127.0.0.1:9090"
+SCRATCH = "/var/lib/postgresql/sciplat-pitr-test"
+PITR_DB = "sciplat_backup_pitr_test"
+
+
+def on_host(host: Any, *args: str, timeout: int = 600) -> Any:
+    """`sciplat-backup --json ARGS` on a host, parsed."""
+    command = shlex.join(["timeout", str(timeout), "sciplat-backup", "--json", *args])
+    done = host.run(command)
+    assert done.rc == 0, f"{command} on {host}: exit {done.rc}\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}"
+    return json.loads(done.stdout)
+
+
+def psql(host: Any, sql: str, *, database: str = "postgres", extra: str = "") -> str:
+    command = f"runuser -u postgres -- psql -XAtq -v ON_ERROR_STOP=1 {extra} -d {database} -c {shlex.quote(sql)}"
+    return str(host.check_output(command))
+
+
+@pytest.fixture(scope="module")
+def backed_up(host_of: Callable[[str], Any]) -> dict[str, Any]:
+    """`sciplat backup --now` once for the module: every kind, through the playbook."""
+    started = time.time()
+    done = sciplat("backup", "-i", str(INVENTORY), "--now", "--json", timeout=1200)
+    summary: dict[str, Any] = json.loads(done.stdout)
+    summary["took"] = time.time() - started
+    return summary
+
+
+def test_backup_now_succeeds_for_every_kind(backed_up: dict[str, Any]) -> None:
+    assert backed_up["ok"], backed_up
+    rows = {row["what"]: row for row in backed_up["backups"]}
+    assert set(rows) == KINDS
+    for what, row in rows.items():
+        assert row["ok"], f"{what}: {row.get('error')}"
+        assert row["age_seconds"] < backed_up["took"] + 60, f"{what} was not backed up by this run: {row}"
+    assert rows["db"]["host"] == DATA and rows["homes"]["host"] == GW
+
+
+def test_sciplat_backup_lists_every_kind_and_its_age(backed_up: dict[str, Any]) -> None:
+    listing = json.loads(sciplat("backup", "-i", str(INVENTORY), "--json").stdout)
+    rows = {row["what"]: row for row in listing["backups"]}
+    assert set(rows) == KINDS
+    assert all(row["ok"] and 0 <= row["age_seconds"] < 3600 for row in rows.values()), rows
+    assert all(row["backups"] >= 1 for row in rows.values()), rows
+
+
+def test_backup_age_metrics_reach_prometheus(backed_up: dict[str, Any], host_of: Callable[[str], Any]) -> None:
+    monitor = host_of(GW)
+    query = "query=sciplat_backup_last_success_timestamp_seconds"
+    found: dict[str, float] = {}
+    deadline = time.monotonic() + 150  # a scrape interval or two
+    while time.monotonic() < deadline:
+        answer = json.loads(
+            monitor.check_output(f"curl -fsS --max-time 10 {PROMETHEUS}/api/v1/query --data-urlencode {query!r}")
+        )
+        found = {r["metric"]["what"]: float(r["value"][1]) for r in answer["data"]["result"]}
+        if set(found) == KINDS and all(time.time() - v < 3600 for v in found.values()):
+            break
+        time.sleep(5)
+    assert set(found) == KINDS, f"Prometheus has {found}"
+    assert all(time.time() - v < 3600 for v in found.values()), found
+
+
+def test_timers_run_every_kind_on_the_spec_schedule(host_of: Callable[[str], Any]) -> None:
+    for host, kinds in ((DATA, ("db", "directory", "slurm")), (GW, ("homes",))):
+        for kind in kinds:
+            unit = host_of(host).service(f"sciplat-backup@{kind}.timer")
+            assert unit.is_enabled and unit.is_running, f"sciplat-backup@{kind}.timer on {host}"
+            cat = host_of(host).check_output(f"systemctl cat sciplat-backup@{kind}.timer")
+            assert "OnCalendar=*-*-* 02:30:00" in cat
+
+
+def test_postgresql_archives_its_wal_into_the_repository(host_of: Callable[[str], Any]) -> None:
+    data = host_of(DATA)
+    assert psql(data, "SHOW archive_mode") == "on"
+    on_host(data, "archive-check", timeout=300)
+    failed = psql(data, "SELECT failed_count FROM pg_stat_archiver")
+    archived = psql(data, "SELECT archived_count FROM pg_stat_archiver")
+    assert int(archived) > 0, f"archived {archived}, failed {failed}"
+
+
+def test_pitr_restores_the_rows_of_t1_and_not_those_of_t2(host_of: Callable[[str], Any]) -> None:
+    """Into a scratch copy on another port: the live cluster is not rewound."""
+    data = host_of(DATA)
+    data.run(f"sciplat-backup scratch-stop {SCRATCH}")
+    psql(data, f"DROP DATABASE IF EXISTS {PITR_DB}")
+    psql(data, f"CREATE DATABASE {PITR_DB}")
+    try:
+        psql(data, "CREATE TABLE t (id serial, at text)", database=PITR_DB)
+        psql(data, "INSERT INTO t (at) SELECT 'T1' FROM generate_series(1, 3)", database=PITR_DB)
+        t1 = psql(data, "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')")
+        time.sleep(1.5)
+        psql(data, "INSERT INTO t (at) SELECT 'T2' FROM generate_series(1, 5)", database=PITR_DB)
+        on_host(data, "archive-check", timeout=300)
+
+        started = time.monotonic()
+        restored = on_host(data, "restore", "db", "--to", t1, "--into", SCRATCH, "--port", "5499", timeout=900)
+        took = time.monotonic() - started
+        assert restored["port"] == 5499
+        rows = psql(
+            data,
+            "SELECT at || '=' || count(*) FROM t GROUP BY at ORDER BY at",
+            database=PITR_DB,
+            extra=f"-h {SCRATCH} -p 5499",
+        )
+        assert rows.splitlines() == ["T1=3"], f"restored to {t1}: {rows!r} (took {took:.0f}s)"
+        # the live cluster still has both
+        live = psql(data, "SELECT count(*) FROM t", database=PITR_DB)
+        assert live == "8"
+        print(f"PITR into a scratch copy took {took:.1f}s")
+    finally:
+        data.run(f"sciplat-backup scratch-stop {SCRATCH}")
+        psql(data, f"DROP DATABASE IF EXISTS {PITR_DB}")
+    assert not data.file(SCRATCH).exists
+
+
+def _home_dir(gw: Any) -> tuple[str, str]:
+    """A user's home on the shared /home (and its owner), else a test directory of our own."""
+    for line in gw.check_output("stat -c '%U %n' /home/* 2>/dev/null || true").splitlines():
+        owner, _, path = line.partition(" ")
+        if owner not in ("root", "UNKNOWN") and gw.file(path).is_directory:
+            return path, owner
+    gw.check_output("install -d -o nobody -m 0700 /home/sciplat-backup-test")
+    return "/home/sciplat-backup-test", "nobody"
+
+
+def test_a_deleted_file_in_a_home_comes_back_with_the_same_checksum(host_of: Callable[[str], Any]) -> None:
+    gw = host_of(GW)
+    home, owner = _home_dir(gw)
+    path = f"{home}/backup-test-{secrets.token_hex(4)}.bin"
+    gw.check_output(f"head -c 262144 /dev/urandom > {path} && chown {owner} {path} && chmod 0640 {path}")
+    digest = gw.check_output(f"sha256sum {path}").split()[0]
+    assert len(digest) == 64
+    try:
+        sciplat("backup", "-i", str(INVENTORY), "--now", "--what", "homes", "--json", timeout=900)
+        gw.check_output(f"rm -f {path}")
+        assert not gw.file(path).exists
+        result = json.loads(
+            sciplat("restore", "-i", str(INVENTORY), "--what", "homes", "--path", path, "--yes", "--json").stdout
+        )
+        assert result["ok"], result
+        assert gw.file(path).exists, f"{path} did not come back: {result}"
+        assert gw.check_output(f"sha256sum {path}").split()[0] == digest
+        assert gw.file(path).user == owner and gw.file(path).mode == 0o640
+    finally:
+        gw.run(f"rm -f {path}")
+
+
+def test_retention_removes_the_oldest_backups(host_of: Callable[[str], Any]) -> None:
+    """More backups than a lowered retention keeps: the oldest are gone from the repositories."""
+    data = host_of(DATA)
+    # restic (directory): two more snapshots today, then keep one daily: only the newest stays
+    on_host(data, "run", "directory")
+    on_host(data, "run", "directory")
+    before = [s["id"] for s in on_host(data, "snapshots", "directory")]
+    assert len(before) >= 2
+    on_host(data, "run", "directory", "--keep-daily", "1", "--keep-weekly", "0", "--keep-monthly", "0")
+    after = [s["id"] for s in on_host(data, "snapshots", "directory")]
+    assert len(after) == 1 and after[0] not in before, f"before {before}, after {after}"
+
+    # pgBackRest (db): a new full backup while keeping one: every older backup is expired
+    old = [b["id"] for b in on_host(data, "snapshots", "db")]
+    assert len(old) >= 2, old
+    on_host(data, "run", "db", "--type", "full", "--keep-weekly", "1", "--keep-daily", "1", timeout=900)
+    kept = on_host(data, "snapshots", "db")
+    assert [b["type"] for b in kept] == ["full"] and kept[0]["id"] not in old, f"old {old}, kept {kept}"
+    status = {row["what"]: row for row in on_host(data, "status")}
+    assert status["db"]["backups"] == 1 and status["directory"]["backups"] == 1
+
+
+LDAP_GROUP = "sciplat-backup-test"
+
+
+@pytest.mark.destructive
+def test_a_deleted_directory_entry_comes_back(host_of: Callable[[str], Any]) -> None:
+    """Replaces the directory's database with the backup: slapd stops for a few seconds."""
+    data = host_of(DATA)
+    base = data.check_output("slapcat -n 0 -a '(olcSuffix=*)' | sed -n 's/^olcSuffix: //p' | head -1").strip()
+    dn = f"cn={LDAP_GROUP},ou=groups,{base}"
+    ldif = f"dn: {dn}\nobjectClass: posixGroup\ncn: {LDAP_GROUP}\ngidNumber: 3999999\n"
+    search = f"ldapsearch -Q -LLL -Y EXTERNAL -H ldapi:/// -b {shlex.quote(dn)} -s base dn"
+    data.run(f"ldapdelete -Q -Y EXTERNAL -H ldapi:/// {shlex.quote(dn)}")
+    data.check_output(f"printf %s {shlex.quote(ldif)} | ldapadd -Q -Y EXTERNAL -H ldapi:///")
+    try:
+        on_host(data, "run", "directory")
+        data.check_output(f"ldapdelete -Q -Y EXTERNAL -H ldapi:/// {shlex.quote(dn)}")
+        assert data.run(search).rc == 32  # no such object
+        result = json.loads(sciplat("restore", "-i", str(INVENTORY), "--what", "directory", "--yes", "--json").stdout)
+        assert result["ok"], result
+        assert data.service("slapd").is_running
+        assert dn.lower() in data.check_output(search).lower()
+    finally:
+        data.run(f"ldapdelete -Q -Y EXTERNAL -H ldapi:/// {shlex.quote(dn)}")
