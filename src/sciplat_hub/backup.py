@@ -121,7 +121,7 @@ class Settings:
     def from_dict(cls, data: dict[str, Any]) -> Settings:
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
         known["s3"] = S3Target(**data["s3"])
-        known["retention"] = Retention(**data.get("retention", {}))
+        known["retention"] = Retention(**{k: int(v) for k, v in data.get("retention", {}).items()})
         unknown = set(known.get("whats", [])) - set(WHATS)
         if unknown:
             raise BackupError(f"unknown backup kind(s) {sorted(unknown)} in the settings; known: {', '.join(WHATS)}")
