@@ -19,8 +19,18 @@ import pytest
 
 from sciplat.commands.upgrade import load_versions
 from tests.conftest import REPO
-from tests.integration.conftest import INVENTORY, sciplat
-from tests.integration.test_hub import _session, api, login, run_code, signup, start_server
+from tests.integration.conftest import INVENTORY, PUBLIC_URL, sciplat
+from tests.integration.test_hub import (
+    _anonymous_configured,
+    _session,
+    _xsrf,
+    api,
+    login,
+    run_code,
+    signup,
+    start_server,
+    users_json,
+)
 
 PREFIX = "/opt/sciplat/notebook"
 HOSTS = ["gw", "c1", "c2"]
@@ -121,6 +131,26 @@ def test_a_users_server_runs_the_environment(user: dict[str, str], ca_cert: Path
     specs = api(user["token"], "GET", f"/user/{user['name']}/api/kernelspecs", ca_cert).json()
     assert specs["default"] == "python3"
     assert specs["kernelspecs"]["python3"]["spec"]["argv"][0] == f"{PREFIX}/bin/python"
+
+
+@pytest.mark.skipif(not _anonymous_configured(), reason="the bed's platform.yaml has no anonymous sign-in method")
+def test_a_tutorial_users_server_runs_the_environment(deployed: dict[str, Any], ca_cert: Path) -> None:
+    """Tutorial servers stay on the hub host (systemd) whatever the spawner: they run the environment too."""
+    session = _session(ca_cert)
+    token = _xsrf(session, "/hub/tutorial/login")
+    started = session.post(PUBLIC_URL + "/hub/tutorial/login", data={"_xsrf": token}, timeout=60, allow_redirects=False)
+    assert started.status_code == 302
+    me = session.get(PUBLIC_URL + "/hub/api/user", headers={"X-XSRFToken": token}, timeout=30)
+    name = me.json()["name"] if me.status_code == 200 else ""
+    if not name:  # the session's identity, from the hub's user list
+        name = next(u["name"] for u in reversed(users_json()) if u["name"].startswith("tutorial-"))
+    tutorial_token = json.loads(sciplat("token", name, "-i", str(INVENTORY), "--json").stdout)["token"]
+    try:
+        start_server(tutorial_token, name, ca_cert)
+        out = run_code(tutorial_token, name, "import sys, numpy\nprint(sys.prefix)\n", ca_cert)
+        assert out.strip() == PREFIX
+    finally:
+        api(tutorial_token, "DELETE", f"/hub/api/users/{name}/server", ca_cert)
 
 
 def test_a_user_adds_a_package_in_their_home_and_finds_it_everywhere(
