@@ -92,6 +92,13 @@ def test_timers_run_every_kind_on_the_spec_schedule(host_of: Callable[[str], Any
             assert "OnCalendar=*-*-* 02:30:00" in cat
 
 
+def test_a_second_deploy_of_the_backups_changes_nothing(backed_up: dict[str, Any]) -> None:
+    done = sciplat("up", "-i", str(INVENTORY), "--tags", "backup", "--limit", f"{DATA},{GW}", "--json", timeout=900)
+    summary = json.loads(done.stdout)
+    assert summary["ok"], summary["failures"]
+    assert summary["changed_tasks"] == [], summary["changed_tasks"]
+
+
 def test_postgresql_archives_its_wal_into_the_repository(host_of: Callable[[str], Any]) -> None:
     data = host_of(DATA)
     assert psql(data, "SHOW archive_mode") == "on"
