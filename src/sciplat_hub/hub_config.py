@@ -172,4 +172,4 @@ def configure_slurm(c: Any, settings: dict[str, Any]) -> None:
     spawner.slurm_partition = str(slurm["partition"])
     spawner.slurm_time_limit = int(slurm["time_limit"])
     spawner.slurm_port_range = str(slurm["port_range"])
-    spawner.notebook_prefix = str(settings.get("notebook_prefix") or "/opt/sciplat/notebook")
+    spawner.notebook_prefix = str(settings.get("notebook_prefix") or NOTEBOOK_PREFIX)
