@@ -211,6 +211,7 @@ def _run(
         text=True,
         timeout=timeout,
         check=False,
+        cwd="/",
     )
     if check and process.returncode != 0:
         tail = (process.stderr or "").strip().splitlines()[-5:]
@@ -457,8 +458,19 @@ def _dump_and_backup(settings: Settings, what: str, dumps: dict[str, list[str]])
         shutil.rmtree(directory, ignore_errors=True)
 
 
+def _directory_suffix(settings: Settings) -> str:
+    """The accounts database's suffix: from the settings, else the first one slapd's configuration has."""
+    if settings.directory.get("suffix"):
+        return str(settings.directory["suffix"])
+    done = _run(["slapcat", "-n", "0", "-a", "(olcSuffix=*)"], timeout=60)
+    for line in done.stdout.splitlines():
+        if line.lower().startswith("olcsuffix:"):
+            return line.split(":", 1)[1].strip()
+    raise BackupError("slapd's configuration has no database with a suffix (olcSuffix) to back up")
+
+
 def _backup_directory(settings: Settings) -> dict[str, Any]:
-    suffix = str(settings.directory["suffix"])
+    suffix = _directory_suffix(settings)
     return _dump_and_backup(
         settings,
         "directory",
@@ -739,7 +751,7 @@ def _ldap_db_directory(settings: Settings, suffix: str) -> Path:
 
 
 def _restore_directory(settings: Settings, to: dt.datetime | None) -> dict[str, Any]:
-    suffix = str(settings.directory["suffix"])
+    suffix = _directory_suffix(settings)
     service = str(settings.directory.get("service", "slapd"))
     with tempfile.TemporaryDirectory(prefix="sciplat-restore-") as tmp:
         snapshot, ldif = _restore_from_dump(settings, "directory", to, "data.ldif", Path(tmp))
