@@ -163,7 +163,8 @@ def test_the_servers_port_is_open_to_the_hub_host_only(
     comment = gw.check_output(f"squeue --noheader --jobs={job['id']} --format=%k")
     port = int(re.search(r"sciplat-port=(\d+)", comment).group(1))  # type: ignore[union-attr]
     assert PORTS[0] <= port <= PORTS[1]
-    address = gw.check_output(f"sinfo --noheader --Node --nodes={job['node']} --format=%o").strip()
+    # one line per partition the node is in
+    address = gw.check_output(f"sinfo --noheader --Node --nodes={job['node']} --format=%o").split()[0]
     probe = f"timeout 5 bash -c '</dev/tcp/{address}/{port}' && echo open || echo closed"
     assert gw.check_output(probe).strip() == "open"
     assert host_of("data").check_output(probe).strip() == "closed"
