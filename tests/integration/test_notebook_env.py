@@ -93,7 +93,13 @@ def test_no_user_can_change_the_environment(deployed: dict[str, Any], host_of: C
 def test_the_default_kernel_is_the_environments_python(
     deployed: dict[str, Any], host_of: Callable[[str], Any], name: str
 ) -> None:
-    out = host_of(name).check_output(_as("nobody", f"{PREFIX}/bin/jupyter kernelspec list --json"))
+    host = host_of(name)
+    home = host.check_output("mktemp -d /tmp/nbhome.XXXXXX")  # jupyter wants a data directory in HOME
+    try:
+        host.check_output(f"chown nobody {home}")
+        out = host.check_output(_as("nobody", f"{PREFIX}/bin/jupyter kernelspec list --json", home=home))
+    finally:
+        host.run(f"rm -rf {home}")
     specs = json.loads(out)["kernelspecs"]
     assert specs["python3"]["resource_dir"] == f"{PREFIX}/share/jupyter/kernels/python3"
     assert specs["python3"]["spec"]["argv"][0] == f"{PREFIX}/bin/python"
