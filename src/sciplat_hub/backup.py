@@ -631,12 +631,16 @@ def _restore_db_in_place(settings: Settings, to: dt.datetime | None) -> dict[str
     target = _pgbackrest_target(to)
     _systemctl("stop", settings.pg_service)
     try:
-        _pgbackrest(settings, ["--delta", *target, "restore"], timeout=None)
+        _pgbackrest(settings, ["--delta", RESTORE_PROCESSES, *target, "restore"], timeout=None)
     finally:
         # started in every case: after a failed restore the old files are still there (--delta)
         _systemctl("start", settings.pg_service)
     _wait_postgres(settings)
     return {"restored": "db", "into": settings.pg_data_dir, "to": to.isoformat() if to else "latest"}
+
+
+# restores fetch many files: in parallel, most of the time is waiting for S3
+RESTORE_PROCESSES = "--process-max=4"
 
 
 def _pgbackrest_target(to: dt.datetime | None) -> list[str]:
@@ -653,6 +657,9 @@ unix_socket_directories = '{socket_dir}'
 hba_file = '{data_dir}/pg_hba.conf'
 ident_file = '{data_dir}/pg_ident.conf'
 max_connections = 20
+# no connections before recovery ends: also lifts hot standby's rule that
+# max_connections and friends be at least the primary's
+hot_standby = off
 shared_buffers = 32MB
 archive_mode = off
 ssl = off
@@ -675,7 +682,9 @@ def _restore_db_scratch(settings: Settings, to: dt.datetime | None, into: Path, 
     into.mkdir(parents=True, exist_ok=True, mode=0o700)
     shutil.chown(into, "postgres", "postgres")
     target = _pgbackrest_target(to)
-    _pgbackrest(settings, [f"--pg1-path={into}", "--archive-mode=off", *target, "restore"], timeout=None)
+    _pgbackrest(
+        settings, [f"--pg1-path={into}", "--archive-mode=off", RESTORE_PROCESSES, *target, "restore"], timeout=None
+    )
     (into / "postgresql.conf").write_text(SCRATCH_CONF.format(port=port, socket_dir=into, data_dir=into))
     (into / "pg_hba.conf").write_text("local all all peer\n")
     (into / "pg_ident.conf").write_text("")
@@ -684,10 +693,13 @@ def _restore_db_scratch(settings: Settings, to: dt.datetime | None, into: Path, 
     log = into.parent / f"{into.name}.log"
     log.touch()
     shutil.chown(log, "postgres", "postgres")
-    _run(
-        [f"{settings.pg_bin_dir}/pg_ctl", "-D", str(into), "-l", str(log), "-w", "-t", "300", "start"], user="postgres"
-    )
-    _wait_postgres(settings, socket_dir=str(into), port=port)
+    # -W: recovery may take longer than pg_ctl waits; _wait_postgres waits for its end
+    _run([f"{settings.pg_bin_dir}/pg_ctl", "-D", str(into), "-l", str(log), "-W", "start"], user="postgres")
+    try:
+        _wait_postgres(settings, socket_dir=str(into), port=port)
+    except BackupError as exc:
+        tail = " / ".join(log.read_text(errors="replace").strip().splitlines()[-4:])
+        raise BackupError(f"{exc}: {tail}") from None
     return {
         "restored": "db",
         "into": str(into),
