@@ -615,6 +615,8 @@ def _wait_postgres(settings: Settings, *, socket_dir: str = "/var/run/postgresql
     deadline = time.monotonic() + float(settings.db.get("ready_timeout", 300))
     query = "SELECT pg_is_in_recovery()"
     while time.monotonic() < deadline:
+        if socket_dir != "/var/run/postgresql" and not (Path(socket_dir) / "postmaster.pid").exists():
+            raise BackupError(f"PostgreSQL (port {port}) stopped during recovery")
         done = _run(
             ["psql", "-XAtq", "-h", socket_dir, "-p", str(port), "-d", "postgres", "-c", query],
             user="postgres",
