@@ -614,9 +614,15 @@ def _wait_postgres(settings: Settings, *, socket_dir: str = "/var/run/postgresql
     port = port or int(settings.db.get("port", 5432))
     deadline = time.monotonic() + float(settings.db.get("ready_timeout", 300))
     query = "SELECT pg_is_in_recovery()"
+    scratch = socket_dir != "/var/run/postgresql"
+    began, seen_running = time.monotonic(), False
     while time.monotonic() < deadline:
-        if socket_dir != "/var/run/postgresql" and not (Path(socket_dir) / "postmaster.pid").exists():
-            raise BackupError(f"PostgreSQL (port {port}) stopped during recovery")
+        if scratch:
+            # a scratch copy is started without waiting (pg_ctl -W): its pid file appears a moment later
+            running = (Path(socket_dir) / "postmaster.pid").exists()
+            seen_running = seen_running or running
+            if not running and (seen_running or time.monotonic() - began > 30):
+                raise BackupError(f"PostgreSQL (port {port}) stopped during recovery")
         done = _run(
             ["psql", "-XAtq", "-h", socket_dir, "-p", str(port), "-d", "postgres", "-c", query],
             user="postgres",
