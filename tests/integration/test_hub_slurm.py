@@ -197,3 +197,20 @@ def test_stopping_the_server_through_the_hub_ends_the_job(
     wait_for("squeue to stop listing the job", lambda: not jobs_of(gw, user["name"]), 60)
     state = gw.check_output(f"sacct --noheader --parsable2 --allocations --jobs={job_id} --format=State")
     assert state.strip().split()[0] in ("CANCELLED", "COMPLETED"), state
+
+
+@pytest.mark.destructive
+def test_a_hub_restart_keeps_the_server_and_its_job(
+    user: dict[str, Any], ca_cert: Any, host_of: Callable[[str], Any]
+) -> None:
+    """The job id is the spawner's state: after a restart the hub finds the running job again."""
+    start_server(user["token"], user["name"], ca_cert, timeout=180)
+    gw = host_of("gw")
+    job_id = jobs_of(gw, user["name"], "RUNNING")[0]["id"]
+    gw.run_expect([0], "systemctl restart jupyterhub.service")
+    wait_for("the hub to answer again", lambda: gw.run("curl -fsS http://127.0.0.1:8000/hub/health").rc == 0, 90)
+    time.sleep(5)  # the hub's first poll of the restored servers
+    assert server_of(user["token"], user["name"], ca_cert).get("ready"), "the hub lost the server"
+    assert [j["id"] for j in jobs_of(gw, user["name"], "RUNNING")] == [job_id]
+    out = run_code(user["token"], user["name"], "import socket; print(socket.gethostname())", ca_cert)
+    assert out.strip() in NODES
