@@ -75,41 +75,31 @@ def test_host_targets_follow_groups() -> None:
     assert aws["pip"][up.PLATFORM_CODE_PYTHON]["boto3"] == versions["platform_code"]["boto3_aws"]
 
 
-def test_backup_adapter_refuses_without_the_backup_module(monkeypatch: pytest.MonkeyPatch) -> None:
-    import builtins
-
-    real_import = builtins.__import__
-
-    def fake_import(name: str, *args: object, **kwargs: object) -> object:
-        if name == "sciplat.commands.backup":
-            raise ImportError("No module named 'sciplat.commands.backup'")
-        return real_import(name, *args, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(builtins, "__import__", fake_import)
-    with pytest.raises(up.UpgradeError, match="--skip-backup"):
-        up.run_backup(Path("inventories/x"))
-
-
-def test_backup_adapter_calls_run_backup_now(monkeypatch: pytest.MonkeyPatch) -> None:
-    import sys
-    import types
+def test_backup_adapter_calls_run_backup_now_and_stops_on_failure(monkeypatch: pytest.MonkeyPatch) -> None:
+    from sciplat.commands import backup
 
     calls: list[tuple[Path, str]] = []
-    module = types.ModuleType("sciplat.commands.backup")
 
-    def run_backup_now(inventory_dir: Path, *, what: str = "all") -> None:
+    def succeeding(inventory_dir: Path, what: str = "all") -> dict[str, object]:
         calls.append((inventory_dir, what))
+        return {"ok": True}
 
-    module.run_backup_now = run_backup_now  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "sciplat.commands.backup", module)
+    monkeypatch.setattr(backup, "run_backup_now", succeeding)
     up.run_backup(Path("inv"))
     assert calls == [(Path("inv"), "all")]
 
-    def failing(inventory_dir: Path, *, what: str = "all") -> None:
+    def exiting(inventory_dir: Path, what: str = "all") -> dict[str, object]:
         raise typer.Exit(1)
 
-    module.run_backup_now = failing  # type: ignore[attr-defined]
-    with pytest.raises(up.UpgradeError, match="nothing was upgraded"):
+    monkeypatch.setattr(backup, "run_backup_now", exiting)
+    with pytest.raises(up.UpgradeError, match="failed \\(exit 1\\); nothing was upgraded"):
+        up.run_backup(Path("inv"))
+
+    def unsuccessful(inventory_dir: Path, what: str = "all") -> dict[str, object]:
+        return {"ok": False}
+
+    monkeypatch.setattr(backup, "run_backup_now", unsuccessful)
+    with pytest.raises(up.UpgradeError, match="did not succeed; nothing was upgraded"):
         up.run_backup(Path("inv"))
 
 

@@ -250,16 +250,10 @@ def _print_plan(report: dict[str, Any], *, show_all: bool) -> None:
 def run_backup(inventory: Path) -> None:
     """Take a full backup before the upgrade (sciplat.commands.backup.run_backup_now).
 
-    Imported lazily: the backup component is its own module. Raises UpgradeError when
-    it is missing or the backup fails, so the upgrade never starts without one.
+    Raises UpgradeError when the backup fails, so the upgrade never starts without one.
     """
-    try:
-        from sciplat.commands.backup import run_backup_now  # type: ignore[import-not-found,unused-ignore]
-    except ImportError as exc:
-        raise UpgradeError(
-            f"backups are not available in this sciplat ({exc}); an upgrade takes one first. "
-            "Use --skip-backup only if you accept upgrading without a way back"
-        ) from None
+    from sciplat.commands.backup import run_backup_now
+
     try:
         result = run_backup_now(inventory, what="all")
     except typer.Exit as exc:
@@ -270,7 +264,7 @@ def run_backup(inventory: Path) -> None:
         return
     except Exception as exc:
         raise UpgradeError(f"the backup before the upgrade failed: {exc}; nothing was upgraded") from None
-    if result is False or (isinstance(result, dict) and result.get("ok") is False):
+    if not result.get("ok"):
         raise UpgradeError("the backup before the upgrade did not succeed; nothing was upgraded")
 
 
