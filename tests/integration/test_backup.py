@@ -178,14 +178,13 @@ def test_a_deleted_file_in_a_home_comes_back_with_the_same_checksum(host_of: Cal
 def test_retention_removes_the_oldest_backups(host_of: Callable[[str], Any]) -> None:
     """More backups than a lowered retention keeps: the oldest are gone from the repositories."""
     data = host_of(DATA)
-    # restic (directory): two more snapshots today, then keep one daily: only the newest stays
-    on_host(data, "run", "directory")
-    on_host(data, "run", "directory")
-    before = [s["id"] for s in on_host(data, "snapshots", "directory")]
-    assert len(before) >= 2
-    on_host(data, "run", "directory", "--keep-daily", "1", "--keep-weekly", "0", "--keep-monthly", "0")
+    # restic (directory): retention keeps one snapshot per day (the newest) for `daily`
+    # days; two more backups today leave only the newest of today's
+    first = on_host(data, "run", "directory")[0]["snapshot"]
+    second = on_host(data, "run", "directory", "--keep-daily", "1", "--keep-weekly", "0", "--keep-monthly", "0")
     after = [s["id"] for s in on_host(data, "snapshots", "directory")]
-    assert len(after) == 1 and after[0] not in before, f"before {before}, after {after}"
+    assert after == [second[0]["snapshot"]], f"first {first}, kept {after}"
+    assert first not in after
 
     # pgBackRest (db): a new full backup while keeping one: every older backup is expired
     old = [b["id"] for b in on_host(data, "snapshots", "db")]
