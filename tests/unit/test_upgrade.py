@@ -42,6 +42,7 @@ def test_to_name_equals_version_changes_every_place_it_is_pinned() -> None:
     versions = up.load_versions(REPO)
     out = up.apply_overrides(versions, ["jupyterhub=9.9.9", "munge=0.5.15-2"])
     assert out["hub"]["jupyterhub"] == "9.9.9"
+    assert out["notebook"]["jupyterhub"] == "9.9.9", "the servers' jupyterhub-singleuser follows the hub"
     assert out["debian"]["compute"]["munge"] == "0.5.15-2"
     assert out["debian"]["slurm_controller"]["munge"] == "0.5.15-2"
     assert versions["hub"]["jupyterhub"] != "9.9.9", "the loaded versions are not modified"
@@ -67,6 +68,8 @@ def test_host_targets_follow_groups() -> None:
     assert "slurmd" in compute["debian"] and "slapd" not in compute["debian"]
     assert "sssd" in compute["debian"], "packages of group all apply everywhere"
     assert up.HUB_VENV_PYTHON not in compute["pip"] and not compute["npm"]
+    assert compute["pip"][up.NOTEBOOK_VENV_PYTHON]["jupyterlab"] == versions["notebook"]["jupyterlab"]
+    assert up.NOTEBOOK_VENV_PYTHON not in up.host_targets(versions, ["db"], {})["pip"]
     hub = up.host_targets(versions, ["hub", "gateway"], {})
     assert hub["pip"][up.HUB_VENV_PYTHON]["jupyterhub"] == versions["hub"]["jupyterhub"]
     assert "nginx" in hub["debian"]

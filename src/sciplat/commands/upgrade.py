@@ -38,6 +38,7 @@ VERSIONS_FILE = Path("playbooks") / "group_vars" / "all" / "versions.yml"
 # Sections of sciplat_versions and where each is installed.
 HUB_VENV_PYTHON = "/opt/jupyterhub/bin/python"
 PLATFORM_CODE_PYTHON = "/opt/sciplat/venv/bin/python"
+NOTEBOOK_VENV_PYTHON = "/opt/sciplat/notebook/bin/python"
 PROXY_PACKAGE_JSON = "/opt/configurable-http-proxy/node_modules/configurable-http-proxy/package.json"
 # keys of sciplat_versions.platform_code that are not the distribution's name
 PLATFORM_CODE_ALIASES = {"boto3_aws": "boto3"}
@@ -86,7 +87,7 @@ def apply_overrides(versions: dict[str, Any], targets: list[str]) -> dict[str, A
             name, _, version = target.partition("=")
             name, version = name.strip(), version.strip()
             found = False
-            for section in ("hub", "hub_proxy", "platform_code"):
+            for section in ("hub", "hub_proxy", "platform_code", "notebook"):
                 if name in out.get(section, {}):
                     out[section][name] = version
                     found = True
@@ -125,6 +126,9 @@ def host_targets(versions: dict[str, Any], groups: list[str], hostvars: dict[str
     platform_code = {k: v for k, v in platform_code.items() if k not in PLATFORM_CODE_ALIASES}
     pip = {PLATFORM_CODE_PYTHON: platform_code}
     npm: dict[str, str] = {}
+    if {"hub", "compute"} & set(groups):
+        # the users' servers and kernels (roles/notebook_env)
+        pip[NOTEBOOK_VENV_PYTHON] = {k: str(v) for k, v in (versions.get("notebook") or {}).items()}
     if "hub" in groups:
         pip[HUB_VENV_PYTHON] = {k: str(v) for k, v in (versions.get("hub") or {}).items()}
         if proxy := (versions.get("hub_proxy") or {}).get("configurable-http-proxy"):
