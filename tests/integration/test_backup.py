@@ -217,6 +217,8 @@ def test_a_deleted_directory_entry_comes_back(host_of: Callable[[str], Any]) -> 
         assert result["ok"], result
         assert data.service("slapd").is_running
         assert dn.lower() in data.check_output(search).lower()
+        # the restore sent SSSD (offline while slapd was stopped) back online
+        assert "Online status: Online" in data.check_output("sssctl domain-status sciplat")
         previous = [r.get("previous") for r in result["restored"] if r["what"] == "directory"]
         assert previous and previous[0] and data.file(previous[0]).is_directory
         data.check_output(f"rm -rf {shlex.quote(previous[0])}")  # the database it replaced
