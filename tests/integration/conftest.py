@@ -42,6 +42,18 @@ def sciplat(*args: str, check: bool = True, timeout: int = 1800) -> subprocess.C
     return done
 
 
+def wait_for(what: str, check: Callable[[], Any], timeout: float = 120, every: float = 1.0) -> Any:
+    """Call `check` until it returns something true, and return that; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(every)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     # tests that stop or break services run last, so they cannot disturb the others
     items.sort(key=lambda item: item.get_closest_marker("destructive") is not None)

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.conftest import INVENTORY, sciplat
+from tests.integration.conftest import INVENTORY, sciplat, wait_for
 from tests.integration.test_hub import _session, api, login, run_code, signup, start_server
 
 NODES = ("c1", "c2")
@@ -57,17 +57,6 @@ def jobs_of(host: Any, name: str, states: str = "PENDING,RUNNING,COMPLETING") ->
 
 def server_of(token: str, name: str, ca_cert: Any) -> dict[str, Any]:
     return dict((api(token, "GET", f"/hub/api/users/{name}", ca_cert).json().get("servers") or {}).get("", {}))
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout: float) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(1)
 
 
 def test_the_server_is_a_slurm_job_on_a_compute_node(

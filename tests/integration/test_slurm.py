@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import json
 import shlex
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
-from tests.integration.conftest import INVENTORY, sciplat
+from tests.integration.conftest import INVENTORY, sciplat, wait_for
 
 USER = "slurmtest"
 UID = 45_001
@@ -30,17 +29,6 @@ SUBMIT = "gw"  # users submit from the hub (their notebooks' terminals)
 NODES = ("c1", "c2")
 SLURM_HOSTS = ("gw", "data", *NODES)
 HOME = f"/home/{USER}"
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout: float = 120, every: float = 1.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(every)
 
 
 def as_user(host: Any, command: str) -> Any:

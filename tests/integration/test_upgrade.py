@@ -27,21 +27,6 @@ from tests.integration.conftest import INVENTORY, probe_afresh, sciplat
 INV = str(INVENTORY)
 
 
-def wait_for(what: str, check: Callable[[], Any], timeout: float = 60, every: float = 1.0) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = check()
-        except Exception as exc:
-            last = exc
-        else:
-            if last:
-                return last
-        time.sleep(every)
-    raise AssertionError(f"{what}: not within {timeout:.0f}s (last: {last!r})")
-
-
 def node_state(host_of: Callable[[str], Any], node: str) -> str:
     return str(host_of("data").check_output(f"sinfo -h -N -n {node} -o %T")).strip()
 

@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from sciplat import runner as runner_mod
+from sciplat_hub.backup import BackupError, parse_time
 
 console = Console()
 err = Console(stderr=True)
@@ -54,16 +55,10 @@ def parse_to(value: str | None, *, now: dt.datetime | None = None) -> str:
     """`--to` as an explicit UTC time for the hosts; a time without zone is the operator's local time."""
     if not value:
         return ""
-    text = value.strip().replace("Z", "+00:00")
     try:
-        parsed = dt.datetime.fromisoformat(text)
-    except ValueError:
-        raise BackupCommandError(
-            f"--to {value!r} is not a time: write e.g. 2026-12-04T18:30:00Z or '2026-12-04 18:30:00' (local time)"
-        ) from None
-    if parsed.tzinfo is None:
-        parsed = parsed.astimezone()
-    parsed = parsed.astimezone(dt.UTC)
+        parsed = parse_time(value)
+    except BackupError as exc:
+        raise BackupCommandError(str(exc)) from None
     if parsed > (now or dt.datetime.now(dt.UTC)) + dt.timedelta(minutes=1):
         raise BackupCommandError(f"--to {value!r} is in the future; a restore can only go back in time")
     return parsed.isoformat()
