@@ -209,7 +209,9 @@ def test_batch_notebook_with_parameters(slurm_user: str, host_of: Callable[[str]
     )
     assert status["state"] == "COMPLETED", status
     node = status["node"]
-    executed = json.loads(host_of(node).file(f"{HOME}/square-{job_id}.ipynb").content_string)
+    # it ran on a compute node and lands next to the input in the shared home, where the user is
+    assert node != SUBMIT
+    executed = json.loads(gw.file(f"{HOME}/square-{job_id}.ipynb").content_string)
     injected = [c for c in executed["cells"] if "injected-parameters" in c["metadata"].get("tags", [])]
     assert injected and "n = 7" in "".join(injected[0]["source"])
     outputs = "".join("".join(o.get("text", "")) for c in executed["cells"] for o in c.get("outputs", []))
