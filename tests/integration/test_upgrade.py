@@ -87,8 +87,11 @@ def test_plan_shows_a_moved_version_on_the_hosts_that_run_it(deployed: dict[str,
     )
     gw = {c["component"]: c for c in report["hosts"]["gw"]["changes"]}
     assert gw["jupyterhub"]["action"] == "upgrade" and gw["jupyterhub"]["target"] == "99.0.0"
-    assert {c["component"] for c in report["hosts"]["c1"]["changes"]} == {"slurmd"}
-    assert report["hosts"]["c1"]["changes"][0]["action"] == "downgrade"
+    # c1 runs slurmd, and users' servers (jupyterhub-singleuser in the notebook environment)
+    c1 = {c["component"]: c for c in report["hosts"]["c1"]["changes"]}
+    assert set(c1) == {"jupyterhub", "slurmd"}
+    assert c1["jupyterhub"]["where"] == "/opt/sciplat/notebook" and c1["jupyterhub"]["target"] == "99.0.0"
+    assert c1["slurmd"]["action"] == "downgrade"
     assert not report["hosts"]["data"]["changes"], "data runs neither"
 
 
