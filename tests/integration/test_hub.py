@@ -65,6 +65,17 @@ def login(session: requests.Session, name: str) -> requests.Response:
     )
 
 
+def new_approved_user(prefix: str, ca_cert: Path) -> dict[str, Any]:
+    """A new user who signed up, was approved by the operator and signed in: name, session, API token."""
+    name = f"{prefix}{secrets.token_hex(3)}"
+    session = _session(ca_cert)
+    assert signup(session, name).status_code == 200
+    assert json.loads(sciplat("users", "approve", name, "-i", str(INVENTORY), "--json").stdout)["ok"]
+    assert login(session, name).status_code == 302
+    token = json.loads(sciplat("token", name, "-i", str(INVENTORY), "--json").stdout)["token"]
+    return {"name": name, "session": session, "token": token}
+
+
 def users_json() -> list[dict[str, Any]]:
     return json.loads(sciplat("users", "list", "-i", str(INVENTORY), "--json").stdout)
 
@@ -115,16 +126,7 @@ def run_code(token: str, name: str, code: str, ca_cert: Path) -> str:
 @pytest.fixture(scope="module")
 def approved_users(deployed: dict[str, Any], ca_cert: Path) -> Iterator[dict[str, dict[str, Any]]]:
     """Two users who signed up, were approved and signed in; with API tokens."""
-    users: dict[str, dict[str, Any]] = {}
-    for role in ("a", "b"):
-        name = f"t{role}{secrets.token_hex(3)}"
-        session = _session(ca_cert)
-        assert signup(session, name).status_code == 200
-        token = json.loads(sciplat("users", "approve", name, "-i", str(INVENTORY), "--json").stdout)
-        assert token["ok"]
-        assert login(session, name).status_code == 302
-        user_token = json.loads(sciplat("token", name, "-i", str(INVENTORY), "--json").stdout)["token"]
-        users[role] = {"name": name, "session": session, "token": user_token}
+    users = {role: new_approved_user(f"t{role}", ca_cert) for role in ("a", "b")}
     yield users
     for user in users.values():  # leave no servers running for the tests after these
         api(user["token"], "DELETE", f"/hub/api/users/{user['name']}/server", ca_cert)

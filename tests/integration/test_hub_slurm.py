@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import re
-import secrets
 import shlex
 import time
 from collections.abc import Callable, Iterator
@@ -20,8 +19,8 @@ from typing import Any
 
 import pytest
 
-from tests.integration.conftest import INVENTORY, sciplat, wait_for
-from tests.integration.test_hub import _session, api, login, run_code, signup, start_server
+from tests.integration.conftest import wait_for
+from tests.integration.test_hub import api, new_approved_user, run_code, start_server
 
 NODES = ("c1", "c2")
 PORTS = (50000, 50999)  # hub_slurm_port_range's default
@@ -36,12 +35,8 @@ def _spawner_is_slurm(host_of: Callable[[str], Any]) -> bool:
 def user(deployed: dict[str, Any], ca_cert: Any, host_of: Callable[[str], Any]) -> Iterator[dict[str, Any]]:
     if not _spawner_is_slurm(host_of):
         pytest.skip("this bed's hub starts servers on the hub host (hub_spawner is not slurm)")
-    name = f"s{secrets.token_hex(4)}"
-    session = _session(ca_cert)
-    assert signup(session, name).status_code == 200
-    assert json.loads(sciplat("users", "approve", name, "-i", str(INVENTORY), "--json").stdout)["ok"]
-    assert login(session, name).status_code == 302
-    token = json.loads(sciplat("token", name, "-i", str(INVENTORY), "--json").stdout)["token"]
+    made = new_approved_user("s", ca_cert)
+    name, token = made["name"], made["token"]
     yield {"name": name, "token": token}
     api(token, "DELETE", f"/hub/api/users/{name}/server", ca_cert)
 

@@ -9,7 +9,6 @@ the environment, and its default kernel is the environment's Python.
 from __future__ import annotations
 
 import json
-import secrets
 import shlex
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -25,9 +24,8 @@ from tests.integration.test_hub import (
     _session,
     _xsrf,
     api,
-    login,
+    new_approved_user,
     run_code,
-    signup,
     start_server,
     users_json,
 )
@@ -111,12 +109,8 @@ def test_the_default_kernel_is_the_environments_python(
 @pytest.fixture(scope="module")
 def user(deployed: dict[str, Any], ca_cert: Path) -> Iterator[dict[str, str]]:
     """A user who signed up, was approved and signed in, with an API token and a running server."""
-    name = f"nb{secrets.token_hex(3)}"
-    session = _session(ca_cert)
-    assert signup(session, name).status_code == 200
-    assert json.loads(sciplat("users", "approve", name, "-i", str(INVENTORY), "--json").stdout)["ok"]
-    assert login(session, name).status_code == 302
-    token = json.loads(sciplat("token", name, "-i", str(INVENTORY), "--json").stdout)["token"]
+    made = new_approved_user("nb", ca_cert)
+    name, token = made["name"], made["token"]
     start_server(token, name, ca_cert, timeout=180)
     yield {"name": name, "token": token}
     api(token, "DELETE", f"/hub/api/users/{name}/server", ca_cert)
