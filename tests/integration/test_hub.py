@@ -76,6 +76,20 @@ def new_approved_user(prefix: str, ca_cert: Path) -> dict[str, Any]:
     return {"name": name, "session": session, "token": token}
 
 
+def tutorial_sign_in(ca_cert: Path) -> tuple[str, str]:
+    """Press "Try it": the throw-away user's name and an API token for it."""
+    session = _session(ca_cert)
+    token = _xsrf(session, "/hub/tutorial/login")
+    started = session.post(PUBLIC_URL + "/hub/tutorial/login", data={"_xsrf": token}, timeout=60, allow_redirects=False)
+    assert started.status_code == 302
+    me = session.get(PUBLIC_URL + "/hub/api/user", headers={"X-XSRFToken": token}, timeout=30)
+    name = me.json()["name"] if me.status_code == 200 else ""
+    if not name:  # the session's identity, from the hub's user list
+        name = next(u["name"] for u in reversed(users_json()) if u["name"].startswith("tutorial-"))
+    api_token = json.loads(sciplat("token", name, "-i", str(INVENTORY), "--json").stdout)["token"]
+    return name, api_token
+
+
 def users_json() -> list[dict[str, Any]]:
     return json.loads(sciplat("users", "list", "-i", str(INVENTORY), "--json").stdout)
 
@@ -254,16 +268,8 @@ def _anonymous_configured() -> bool:
 def test_tutorial_user_gets_a_confined_server(
     approved_users: dict[str, dict[str, Any]], ca_cert: Path, host_of: Callable[[str], Any]
 ) -> None:
-    session = _session(ca_cert)
-    token = _xsrf(session, "/hub/tutorial/login")
-    started = session.post(PUBLIC_URL + "/hub/tutorial/login", data={"_xsrf": token}, timeout=60, allow_redirects=False)
-    assert started.status_code == 302
-    user = session.get(PUBLIC_URL + "/hub/api/user", headers={"X-XSRFToken": token}, timeout=30)
-    name = user.json()["name"] if user.status_code == 200 else ""
-    if not name:  # the session's identity, from the hub's user list
-        name = next(u["name"] for u in reversed(users_json()) if u["name"].startswith("tutorial-"))
+    name, tutorial_token = tutorial_sign_in(ca_cert)
     assert re.fullmatch(r"tutorial-[0-9a-f]{8}", name), name
-    tutorial_token = json.loads(sciplat("token", name, "-i", str(INVENTORY), "--json").stdout)["token"]
     start_server(tutorial_token, name, ca_cert)
     other = approved_users["a"]["name"]
     code = (

@@ -18,16 +18,14 @@ import pytest
 
 from sciplat.commands.upgrade import load_versions
 from tests.conftest import REPO
-from tests.integration.conftest import INVENTORY, PUBLIC_URL, sciplat
+from tests.integration.conftest import INVENTORY, sciplat
 from tests.integration.test_hub import (
     _anonymous_configured,
-    _session,
-    _xsrf,
     api,
     new_approved_user,
     run_code,
     start_server,
-    users_json,
+    tutorial_sign_in,
 )
 
 PREFIX = "/opt/sciplat/notebook"
@@ -136,15 +134,7 @@ def test_a_users_server_runs_the_environment(user: dict[str, str], ca_cert: Path
 @pytest.mark.skipif(not _anonymous_configured(), reason="the bed's platform.yaml has no anonymous sign-in method")
 def test_a_tutorial_users_server_runs_the_environment(deployed: dict[str, Any], ca_cert: Path) -> None:
     """Tutorial servers stay on the hub host (systemd) whatever the spawner: they run the environment too."""
-    session = _session(ca_cert)
-    token = _xsrf(session, "/hub/tutorial/login")
-    started = session.post(PUBLIC_URL + "/hub/tutorial/login", data={"_xsrf": token}, timeout=60, allow_redirects=False)
-    assert started.status_code == 302
-    me = session.get(PUBLIC_URL + "/hub/api/user", headers={"X-XSRFToken": token}, timeout=30)
-    name = me.json()["name"] if me.status_code == 200 else ""
-    if not name:  # the session's identity, from the hub's user list
-        name = next(u["name"] for u in reversed(users_json()) if u["name"].startswith("tutorial-"))
-    tutorial_token = json.loads(sciplat("token", name, "-i", str(INVENTORY), "--json").stdout)["token"]
+    name, tutorial_token = tutorial_sign_in(ca_cert)
     try:
         start_server(tutorial_token, name, ca_cert)
         out = run_code(tutorial_token, name, "import sys, numpy\nprint(sys.prefix)\n", ca_cert)
