@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from tests.conftest import REPO
-from tests.integration.conftest import INVENTORY, sciplat
+from tests.integration.conftest import INVENTORY, probe_afresh, sciplat
 from tests.integration.test_common import address_of, tcp_from_host
 
 MONITOR = "gw"
@@ -225,14 +225,31 @@ def test_component_alerts_stay_quiet_on_a_healthy_bed(host_of: Callable[[str], A
     groups = {"sciplat-ceph", "sciplat-slurm", "sciplat-hub", "sciplat-backup", "sciplat-probe", "sciplat-nginx"}
     loaded = {group["name"] for group in data["data"]["groups"]}
     assert groups <= loaded, sorted(groups - loaded)
-    active = [
-        (rule["name"], alert["labels"].get("instance"), alert["state"])
-        for group in data["data"]["groups"]
+    monitor = host_of(MONITOR)
+    active = active_alerts(data, groups)
+    probe_said = ""
+    if any(name == "SyntheticUserStepFailing" for name, *_ in active):
+        # One failed probe run makes its alert pending (firing takes 10 minutes of
+        # failures): a run that fell into an earlier test's load or outage. Keep what
+        # it said, run it again on the bed as it is now, and let Prometheus see it.
+        probe_said = monitor.run("journalctl -u sciplat-probe -n 30 --no-pager").stdout
+        probe_afresh(host_of)
+        deadline = time.monotonic() + 120
+        while active and time.monotonic() < deadline:
+            time.sleep(10)
+            active = active_alerts(get_json(monitor, f"{PROMETHEUS}/api/v1/rules?type=alert"), groups)
+    assert not active, (active, probe_said)
+
+
+def active_alerts(rules: dict[str, Any], groups: set[str]) -> list[tuple[str, str, str, str]]:
+    """(alert, instance, step, state) of every pending or firing alert of GROUPS."""
+    return [
+        (rule["name"], alert["labels"].get("instance", ""), alert["labels"].get("step", ""), alert["state"])
+        for group in rules["data"]["groups"]
         if group["name"] in groups
         for rule in group["rules"]
         for alert in rule.get("alerts", [])
     ]
-    assert not active, active
 
 
 @pytest.mark.destructive
