@@ -2,18 +2,19 @@
 
 - `sciplat upgrade --plan` on a deployed bed shows no change, and shows one when
   a version is moved;
-- a (no-op) upgrade drains and resumes every compute node and ends green;
+- an upgrade from older JupyterHub/JupyterLab pins brings the pinned versions, drains
+  and resumes every compute node, and keeps a user's file and running server;
 - a compute node whose upgrade fails is resumed and the run stops with a report;
 - every running platform daemon has a restart policy.
 
-Tests of a hub upgrade from older versions, of a server surviving a hub restart and
-of a restarted compute host were written on the `upgrade` branch but never ran on a
-bed; they join the suite once they have (docs/faults.md, docs/upgrade.md).
+A server surviving a plain hub restart: test_hub_slurm.py; kill -9 and host restarts:
+test_faults.py.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -23,6 +24,8 @@ import yaml
 
 from tests.conftest import REPO
 from tests.integration.conftest import INVENTORY, probe_afresh, sciplat
+from tests.integration.test_hub import api, new_approved_user, run_code, start_server
+from tests.integration.test_hub_slurm import jobs_of
 
 INV = str(INVENTORY)
 
@@ -103,20 +106,71 @@ def test_upgrade_refuses_unknown_components(deployed: dict[str, Any]) -> None:
 # ------------------------------------------------------------------ rolling upgrade
 
 
+# Older than versions.yml's pins, with the same hub database schema (JupyterHub 5.2-5.5
+# share their migrations), so the bed can be taken back to them and upgraded again.
+OLDER_HUB = {"jupyterhub": "5.4.6", "jupyterlab": "4.5.11"}
+HUB_PYTHON = "/opt/jupyterhub/bin/python -c"
+HUB_VERSIONS = f"{HUB_PYTHON} 'import jupyterhub as h, jupyterlab as l; print(h.__version__, l.__version__)'"
+
+
+def hub_versions(host_of: Callable[[str], Any]) -> dict[str, str]:
+    hub, lab = host_of("gw").check_output(HUB_VERSIONS).split()
+    return {"jupyterhub": hub, "jupyterlab": lab}
+
+
 @pytest.mark.destructive
-def test_noop_upgrade_drains_and_resumes_every_compute_node(
-    deployed: dict[str, Any], host_of: Callable[[str], Any]
+def test_upgrade_from_older_hub_pins_keeps_the_data_and_the_running_server(
+    deployed: dict[str, Any], host_of: Callable[[str], Any], ca_cert: Any
 ) -> None:
+    """The hub at older JupyterHub/JupyterLab pins, a user with a file and a running server (a
+    Slurm job on a compute node); `sciplat upgrade` brings the pinned versions, drains and resumes
+    every compute node without waiting for the server, and the server, its job and the file
+    survive the hub restart."""
+    pinned = yaml.safe_load((REPO / "playbooks/group_vars/all/versions.yml").read_text())["sciplat_versions"]["hub"]
     probe_afresh(host_of)  # the health gate needs a green status after the storage tests' outages
+    code, summary = upgrade("--tier", "hub", *(f"--to={name}={version}" for name, version in OLDER_HUB.items()))
+    assert code == 0 and summary["ok"], json.dumps(summary, indent=2)[-4000:]
+    assert hub_versions(host_of) == OLDER_HUB
+
+    user = new_approved_user("up", ca_cert)
+    name, token = user["name"], user["token"]
+    start_server(token, name, ca_cert, timeout=180)
+    gw = host_of("gw")
+    on_slurm = json.loads(gw.check_output("cat /etc/jupyterhub/sciplat.json")).get("spawner") == "slurm"
+    job = jobs_of(gw, name, "RUNNING")[0]["id"] if on_slurm else None
+    written = run_code(token, name, WRITE_FILE, ca_cert).strip()
+    assert re.fullmatch(r"[0-9a-f]{64}", written), written
+
+    probe_afresh(host_of)
     started = time.monotonic()
     code, summary = upgrade("--serial", "1", "--drain-timeout", "60")
     assert code == 0 and summary["ok"], json.dumps(summary, indent=2)[-4000:]
+    print(f"upgrade from {OLDER_HUB}: {time.monotonic() - started:.0f}s")
+    assert hub_versions(host_of) == {k: pinned[k] for k in OLDER_HUB}
     for node in ("c1", "c2"):
         assert changed_on(summary, node, "Drain the node"), f"{node} was not drained"
         assert changed_on(summary, node, "Resume the node"), f"{node} was not resumed"
         assert in_service(node_state(host_of, node))
     assert summary["drained_nodes"] == [] and summary["health_after"]
-    print(f"no-op upgrade: {time.monotonic() - started:.0f}s")
+
+    server = (api(token, "GET", f"/hub/api/users/{name}", ca_cert).json().get("servers") or {}).get("", {})
+    assert server.get("ready"), f"the hub lost {name}'s server in the upgrade"
+    if job:
+        assert [j["id"] for j in jobs_of(gw, name, "RUNNING")] == [job], "the server's job did not survive"
+    assert run_code(token, name, READ_FILE, ca_cert).strip() == written
+    api(token, "DELETE", f"/hub/api/users/{name}/server", ca_cert)
+
+
+WRITE_FILE = """
+import hashlib, os, pathlib
+data = os.urandom(1 << 20)
+pathlib.Path.home().joinpath("before-upgrade.bin").write_bytes(data)
+print(hashlib.sha256(data).hexdigest())
+"""
+READ_FILE = """
+import hashlib, pathlib
+print(hashlib.sha256(pathlib.Path.home().joinpath("before-upgrade.bin").read_bytes()).hexdigest())
+"""
 
 
 @pytest.mark.destructive
