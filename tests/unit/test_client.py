@@ -1,0 +1,296 @@
+"""sciplat_client and `sciplat-client` against a local fake of the platform API (plain HTTP on loopback)."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+
+from sciplat_client import PlatformClient, PlatformError
+from sciplat_client.cli import human_bytes, main
+from sciplat_client.client import public_url_from_environment, token_from_environment
+
+TOKEN = "s3cr3t-token"
+GROUP = {
+    "name": "galaxies",
+    "gid": 70001,
+    "description": "Galaxy zoo",
+    "owners": ["alice"],
+    "members": ["alice", "bob"],
+    "directory": "/srv/groups/galaxies",
+    "bucket": "group-galaxies",
+    "database": "group_galaxies",
+    "slurm_account": "galaxies",
+    "deleted": False,
+}
+ME = {
+    "name": "alice",
+    "admin": False,
+    "groups": ["galaxies"],
+    "quotas": {"home_bytes": 10 * 2**30, "bucket_bytes": 20 * 2**30, "mydb_bytes": None},
+    "usage": {"home_bytes": 3 * 2**30, "bucket_bytes": 0, "mydb_bytes": None, "core_hours": 1.5},
+}
+
+
+class FakeAPI:
+    """Routes (METHOD, path) to (status, body, content type); records every request."""
+
+    def __init__(self) -> None:
+        self.routes: dict[tuple[str, str], list[tuple[int, Any, str]]] = {}
+        self.requests: list[dict[str, Any]] = []
+
+    def on(self, method: str, path: str, status: int, body: Any, kind: str = "application/json") -> None:
+        self.routes.setdefault((method, path), []).append((status, body, kind))
+
+    def answer(self, method: str, path: str) -> tuple[int, Any, str]:
+        answers = self.routes.get((method, path))
+        if not answers:
+            return 404, {"detail": f"no route {method} {path}"}, "application/json"
+        return answers.pop(0) if len(answers) > 1 else answers[0]
+
+
+@pytest.fixture
+def api() -> Iterator[tuple[FakeAPI, str]]:
+    fake = FakeAPI()
+
+    class Handler(BaseHTTPRequestHandler):
+        def _serve(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length) if length else b""
+            fake.requests.append(
+                {
+                    "method": self.command,
+                    "path": self.path,
+                    "authorization": self.headers.get("Authorization"),
+                    "json": json.loads(body) if body else None,
+                }
+            )
+            if self.headers.get("Authorization") != f"token {TOKEN}":
+                status, answer, kind = 401, {"detail": "Authentication required."}, "application/json"
+            else:
+                status, answer, kind = fake.answer(self.command, self.path)
+            raw = b"" if answer is None else (json.dumps(answer) if kind == "application/json" else answer).encode()
+            self.send_response(status)
+            if status in (302, 303):
+                self.send_header("Location", "/hub/login")
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(raw)))
+            self.end_headers()
+            self.wfile.write(raw)
+
+        do_GET = do_POST = do_PUT = do_DELETE = _serve
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield fake, f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture(autouse=True)
+def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("SCIPLAT_URL", "SCIPLAT_TOKEN", "SCIPLAT_CA", "JUPYTERHUB_API_TOKEN", "JUPYTERHUB_PUBLIC_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.delenv("JUPYTERHUB_PUBLIC_HUB_URL", raising=False)
+
+
+# ---------------------------------------------------------------------- the library
+
+
+def test_calls_send_the_token_and_the_documented_bodies(api: tuple[FakeAPI, str]) -> None:
+    fake, url = api
+    fake.on("GET", "/api/v1/me", 200, ME)
+    fake.on("POST", "/api/v1/groups", 201, GROUP)
+    fake.on("PUT", "/api/v1/groups/galaxies/members/bob", 200, GROUP)
+    fake.on("DELETE", "/api/v1/groups/galaxies/members/alice", 200, {**GROUP, "members": ["bob"]})
+    client = PlatformClient(url + "/", token=TOKEN)
+    assert client.me()["quotas"]["home_bytes"] == 10 * 2**30
+    assert client.create_group("galaxies", "Galaxy zoo")["gid"] == 70001
+    client.add_member("galaxies", "bob", "owner")
+    assert client.leave("galaxies")["members"] == ["bob"]  # leave = remove myself (the name from /me)
+    sent = [(r["method"], r["path"], r["json"]) for r in fake.requests]
+    assert sent == [
+        ("GET", "/api/v1/me", None),
+        ("POST", "/api/v1/groups", {"name": "galaxies", "description": "Galaxy zoo"}),
+        ("PUT", "/api/v1/groups/galaxies/members/bob", {"role": "owner"}),
+        ("DELETE", "/api/v1/groups/galaxies/members/alice", None),
+    ]
+    assert {r["authorization"] for r in fake.requests} == {f"token {TOKEN}"}
+
+
+def test_the_apis_sentence_and_status_become_a_platform_error(api: tuple[FakeAPI, str]) -> None:
+    fake, url = api
+    fake.on("POST", "/api/v1/groups", 409, {"detail": "The name galaxies is taken: choose another one."})
+    fake.on("PUT", "/api/v1/groups/x/members/bob", 422, {"detail": [{"loc": ["body", "role"], "msg": "bad role"}]})
+    client = PlatformClient(url, token=TOKEN)
+    with pytest.raises(PlatformError) as taken:
+        client.create_group("galaxies")
+    assert taken.value.status == 409
+    assert str(taken.value) == "The name galaxies is taken: choose another one."
+    with pytest.raises(PlatformError, match=r"^role: bad role$"):
+        client.add_member("x", "bob")
+    with pytest.raises(PlatformError) as unknown:
+        client.job("12")
+    assert unknown.value.status == 404
+
+
+def test_a_wrong_token_a_redirect_and_a_dead_url_are_explained(api: tuple[FakeAPI, str]) -> None:
+    fake, url = api
+    with pytest.raises(PlatformError) as wrong:
+        PlatformClient(url, token="wrong").me()
+    assert wrong.value.status == 401 and "Authentication required" in str(wrong.value)
+    fake.on("GET", "/api/v1/groups", 302, None)
+    with pytest.raises(PlatformError, match="redirected elsewhere") as moved:
+        PlatformClient(url, token=TOKEN).groups()
+    assert moved.value.status == 302
+    with pytest.raises(PlatformError, match="Cannot reach") as dead:
+        PlatformClient("http://127.0.0.1:9", token=TOKEN, timeout=5).me()
+    assert dead.value.status == 0
+
+
+def test_url_token_and_ca_come_from_the_environment(monkeypatch: pytest.MonkeyPatch, api: tuple[FakeAPI, str]) -> None:
+    with pytest.raises(PlatformError, match="SCIPLAT_URL"):
+        PlatformClient(token=TOKEN)
+    with pytest.raises(PlatformError, match="SCIPLAT_TOKEN"):
+        PlatformClient("https://p.example.org")
+    fake, url = api
+    fake.on("GET", "/api/v1/health", 200, {"ok": True})
+    monkeypatch.setenv("SCIPLAT_URL", url + "/api/v1")  # the API's own address works too
+    monkeypatch.setenv("JUPYTERHUB_API_TOKEN", TOKEN)  # inside a user server
+    client = PlatformClient()
+    assert client.url == url and client.health()
+    assert public_url_from_environment({"JUPYTERHUB_PUBLIC_HUB_URL": "https://p.example.org/hub/"}) == (
+        "https://p.example.org"
+    )
+    assert token_from_environment({"SCIPLAT_TOKEN": "a", "JUPYTERHUB_API_TOKEN": "b"}) == "a"
+    monkeypatch.setenv("SCIPLAT_CA", "/nonexistent/ca.crt")
+    with pytest.raises(FileNotFoundError):  # a CA file that is not there is not silently ignored
+        PlatformClient()
+
+
+def test_share_refuses_a_grantee_without_its_kind() -> None:
+    client = PlatformClient("https://p.example.org", token=TOKEN)
+    with pytest.raises(PlatformError, match="'user:bob' or 'group:bob'"):
+        client.share("notebooks/fit.ipynb", "bob")
+
+
+def test_wait_polls_the_phase_until_the_job_ended(api: tuple[FakeAPI, str]) -> None:
+    fake, url = api
+    for phase in ("QUEUED", "EXECUTING", "COMPLETED"):
+        fake.on("GET", "/api/v1/jobs/42/phase", 200, phase, "text/plain")
+    fake.on("GET", "/api/v1/jobs/42", 200, {"id": "42", "phase": "COMPLETED", "exit_code": 0})
+    client = PlatformClient(url, token=TOKEN)
+    assert client.wait({"id": "42", "phase": "QUEUED"}, timeout=30, every=0.01)["exit_code"] == 0
+    assert [r["path"] for r in fake.requests].count("/api/v1/jobs/42/phase") == 3
+    fake.on("GET", "/api/v1/jobs/7/phase", 200, "EXECUTING", "text/plain")
+    with pytest.raises(TimeoutError, match="job 7 is still EXECUTING"):
+        client.wait("7", timeout=0.05, every=0.01)
+
+
+def test_submit_sends_only_the_options_given(api: tuple[FakeAPI, str]) -> None:
+    fake, url = api
+    fake.on("POST", "/api/v1/jobs", 201, {"id": "9", "phase": "QUEUED"})
+    job = PlatformClient(url, token=TOKEN).submit_job("#!/bin/sh\nhostname\n", account="galaxies", cpus=2)
+    assert job["id"] == "9"
+    assert fake.requests[-1]["json"] == {"script": "#!/bin/sh\nhostname\n", "account": "galaxies", "cpus": 2}
+
+
+# ---------------------------------------------------------------------- the command
+
+
+def test_cli_prints_json_and_human_output(
+    api: tuple[FakeAPI, str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fake, url = api
+    fake.on("GET", "/api/v1/me", 200, ME)
+    fake.on("GET", "/api/v1/groups", 200, [GROUP])
+    monkeypatch.setenv("SCIPLAT_TOKEN", TOKEN)
+    assert main(["--url", url, "me", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == ME
+    assert main(["--url", url, "me"]) == 0
+    out = capsys.readouterr().out
+    assert "home    3.0 GiB of 10.0 GiB (30%)" in out
+    assert "mydb    not on this platform" in out
+    assert "1.5 core hours" in out
+    assert main(["--url", url, "groups", "list"]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split() == ["GROUP", "OWNERS", "MEMBERS", "STATE", "DESCRIPTION"]
+    assert table[1].split()[:3] == ["galaxies", "alice", "2"]
+    assert main(["--url", url, "groups", "list", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["name"] == "galaxies"
+
+
+def test_cli_write_commands(
+    api: tuple[FakeAPI, str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Any
+) -> None:
+    fake, url = api
+    monkeypatch.setenv("SCIPLAT_URL", url)
+    monkeypatch.setenv("SCIPLAT_TOKEN", TOKEN)
+    fake.on("POST", "/api/v1/groups", 201, GROUP)
+    fake.on("PUT", "/api/v1/groups/galaxies/members/carol", 200, {**GROUP, "members": ["alice", "bob", "carol"]})
+    share = {
+        "id": "sh1",
+        "kind": "path",
+        "owner": "alice",
+        "target": "fit.ipynb",
+        "grantee": "group:galaxies",
+        "mode": "rw",
+        "created": "2026-12-04T21:00:00Z",
+        "link": "/hub/user-redirect/lab/tree/shared/alice/fit.ipynb",
+    }
+    fake.on("POST", "/api/v1/shares", 201, share)
+    fake.on("DELETE", "/api/v1/shares/sh1", 204, None)
+    fake.on("POST", "/api/v1/jobs", 201, {"id": "5", "phase": "QUEUED"})
+    assert main(["groups", "create", "galaxies", "--description", "Galaxy zoo"]) == 0
+    assert "members      alice (owner), bob" in capsys.readouterr().out
+    assert main(["groups", "add", "galaxies", "carol", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["members"] == ["alice", "bob", "carol"]
+    assert main(["shares", "create", "fit.ipynb", "group:galaxies", "--rw"]) == 0
+    assert "link: /hub/user-redirect/lab/tree/shared/alice/fit.ipynb" in capsys.readouterr().out
+    assert fake.requests[-1]["json"] == {
+        "kind": "path",
+        "target": "fit.ipynb",
+        "grantee": "group:galaxies",
+        "mode": "rw",
+    }
+    assert main(["shares", "delete", "sh1", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"id": "sh1", "deleted": True}
+    script = tmp_path / "run.sh"
+    script.write_text("#!/bin/sh\necho hi\n")
+    assert main(["jobs", "submit", str(script), "--account", "galaxies", "--time-limit", "5"]) == 0
+    assert fake.requests[-1]["json"] == {"script": "#!/bin/sh\necho hi\n", "account": "galaxies", "time_limit": "5"}
+
+
+def test_cli_reports_the_apis_sentence_and_exits_1(
+    api: tuple[FakeAPI, str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fake, url = api
+    fake.on("DELETE", "/api/v1/groups/galaxies/members/alice", 422, {"detail": "The last owner cannot leave."})
+    fake.on("GET", "/api/v1/me", 200, ME)
+    monkeypatch.setenv("SCIPLAT_TOKEN", TOKEN)
+    assert main(["--url", url, "groups", "leave", "galaxies", "--json"]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == "sciplat-client: The last owner cannot leave.\n"
+    assert main(["--url", url, "jobs", "submit", "/nonexistent/run.sh"]) == 1
+    assert "Cannot read the script /nonexistent/run.sh" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as usage:
+        main(["--url", url, "groups"])
+    assert usage.value.code == 2
+
+
+def test_human_bytes() -> None:
+    assert human_bytes(None) == "-"
+    assert human_bytes(512) == "512 B"
+    assert human_bytes(1536) == "1.5 KiB"
+    assert human_bytes(5 * 2**40) == "5.0 TiB"
