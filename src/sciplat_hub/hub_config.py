@@ -121,6 +121,8 @@ def configure(c: Any, settings: dict[str, Any]) -> None:
     hub.allow_named_servers = True
     hub.named_server_limit_per_user = int(settings["named_server_limit"])
     hub.redirect_to_server = False
+    # the platform page: my quotas, groups and shares (tornado imports the handler by name)
+    hub.extra_handlers = [(r"/platform/?", "sciplat_hub.hub_platform_page.PlatformPageHandler")]
     hub.services, hub.load_roles = services(settings)
 
     hub.authenticator_class = "sciplat_hub.hub_auth.SciplatAuthenticator"

@@ -294,3 +294,109 @@ def test_human_bytes() -> None:
     assert human_bytes(512) == "512 B"
     assert human_bytes(1536) == "1.5 KiB"
     assert human_bytes(5 * 2**40) == "5.0 TiB"
+
+
+# ---------------------------------------------------------------------- the hub's platform page
+
+
+def test_page_forms_become_the_documented_api_calls() -> None:
+    from sciplat_hub.hub_platform_page import Call, FormError, form_call
+
+    assert form_call({"action": "create-group", "group": "galaxies", "description": " zoo "}, "alice") == Call(
+        "POST", "/groups", {"name": "galaxies", "description": "zoo"}, "You created the group galaxies."
+    )
+    added = form_call({"action": "add-member", "group": "galaxies", "user": "bob", "role": "owner"}, "alice")
+    assert (added.method, added.path, added.body) == ("PUT", "/groups/galaxies/members/bob", {"role": "owner"})
+    left = form_call({"action": "leave", "group": "galaxies", "user": "mallory"}, "alice")
+    assert (left.method, left.path) == ("DELETE", "/groups/galaxies/members/alice"), "leave is always myself"
+    shared = form_call(
+        {"action": "share", "kind": "path", "target": "nb/fit.ipynb", "grantee_kind": "group", "grantee": "galaxies"},
+        "alice",
+    )
+    assert shared.body == {"kind": "path", "target": "nb/fit.ipynb", "grantee": "group:galaxies", "mode": "ro"}
+    assert form_call({"action": "unshare", "share": "a/b"}, "alice").path == "/shares/a%2Fb"
+    with pytest.raises(FormError, match="not a user name"):
+        form_call({"action": "add-member", "group": "galaxies", "user": "../admin"}, "alice")
+    with pytest.raises(FormError, match="not a role"):
+        form_call({"action": "add-member", "group": "galaxies", "user": "bob", "role": "admin"}, "alice")
+    with pytest.raises(FormError, match="does not know the action"):
+        form_call({"action": "purge"}, "alice")
+
+
+def test_page_quota_rows_links_and_api_sentences() -> None:
+    from sciplat_hub.hub_platform_page import UNREACHABLE, api_sentence, quota_rows, safe_link
+
+    rows = quota_rows(ME)
+    assert [r["key"] for r in rows] == ["home", "bucket"], "no MyDB row where the platform has none"
+    assert rows[0] == {
+        "key": "home",
+        "label": "Home directory",
+        "used": "3.0 GiB",
+        "limit": "10.0 GiB",
+        "percent": 30.0,
+        "level": "success",
+    }
+    full = quota_rows({"quotas": {"home_bytes": 100}, "usage": {"home_bytes": 95}})[0]
+    assert (full["percent"], full["level"]) == (95.0, "danger")
+    assert api_sentence(409, {"detail": "The name is taken."}) == "The name is taken."
+    assert api_sentence(599, None) == UNREACHABLE
+    assert safe_link("/hub/user-redirect/lab/tree/x.ipynb") == "/hub/user-redirect/lab/tree/x.ipynb"
+    assert safe_link("javascript:alert(1)") is None and safe_link("//evil.example/x") is None
+
+
+def _render_page(**variables: Any) -> str:
+    jinja2 = pytest.importorskip("jinja2")
+    from pathlib import Path
+
+    from sciplat_hub import hub_config
+
+    templates = Path(hub_config.TEMPLATES)
+    upstream = (
+        "<nav>{% block nav_bar_left_items %}<a href='home'>Home</a>{% endblock %}</nav>"
+        "<main>{% block main %}{% endblock %}</main>"
+    )
+    env = jinja2.Environment(
+        loader=jinja2.ChoiceLoader(
+            [
+                jinja2.PrefixLoader({"templates": jinja2.DictLoader({"page.html": upstream})}, "/"),
+                jinja2.FileSystemLoader(str(templates)),
+            ]
+        ),
+        autoescape=True,
+    )
+    return env.get_template("platform.html").render(base_url="/hub/", xsrf="XSRF1", **variables)
+
+
+def test_page_template_shows_quotas_groups_shares_and_xsrf_forms() -> None:
+    from sciplat_hub.hub_platform_page import view
+
+    share = {
+        "id": "sh1",
+        "kind": "path",
+        "owner": "bob",
+        "target": "nb/<fit>.ipynb",
+        "grantee": "user:alice",
+        "mode": "ro",
+        "created": "2026-12-04T21:00:00Z",
+        "link": "/hub/user-redirect/lab/tree/shared/bob/fit.ipynb",
+    }
+    html = _render_page(
+        flash={"ok": False, "text": "The last owner cannot leave."},
+        errors=[],
+        allocations=[],
+        **view(ME, [GROUP], {"by_me": [], "with_me": [share]}),
+    )
+    assert 'id="nav-platform" href="/hub/platform"' in html, "the navigation bar links the page"
+    assert "The last owner cannot leave." in html
+    assert 'id="quota-home"' in html and "3.0 GiB" in html and "width: 30.0%" in html
+    assert 'id="quota-mydb"' not in html
+    assert 'id="group-galaxies"' in html and "alice (you)" in html
+    assert html.count('name="action" value="remove-member"') == 1, "the owner may remove bob, not leave for others"
+    assert 'name="action" value="add-member"' in html
+    assert "nb/&lt;fit&gt;.ipynb" in html, "API text is escaped"
+    assert 'href="/hub/user-redirect/lab/tree/shared/bob/fit.ipynb"' in html
+    forms = html.count("<form ")
+    assert forms == html.count('name="_xsrf" value="XSRF1"') and forms >= 5, "every form carries the hub's XSRF token"
+    as_member = _render_page(flash=None, errors=[], allocations=[], **view({**ME, "name": "bob"}, [GROUP], {}))
+    assert 'value="remove-member"' not in as_member and 'value="add-member"' not in as_member
+    assert 'value="leave"' in as_member
