@@ -121,8 +121,10 @@ def configure(c: Any, settings: dict[str, Any]) -> None:
     hub.allow_named_servers = True
     hub.named_server_limit_per_user = int(settings["named_server_limit"])
     hub.redirect_to_server = False
-    # the platform page: my quotas, groups and shares (tornado imports the handler by name)
-    hub.extra_handlers = [(r"/platform/?", "sciplat_hub.hub_platform_page.PlatformPageHandler")]
+    # the platform page: my quotas, groups and shares (tornado imports the handler by name);
+    # it calls the platform API on this host
+    api_url = str(settings.get("api_url") or f"http://127.0.0.1:{int(settings.get('api_port', 8090))}")
+    hub.extra_handlers = [(r"/platform/?", "sciplat_hub.hub_platform_page.PlatformPageHandler", {"api_url": api_url})]
     hub.services, hub.load_roles = services(settings)
 
     hub.authenticator_class = "sciplat_hub.hub_auth.SciplatAuthenticator"

@@ -3,7 +3,7 @@
 Runs inside JupyterHub (an extra handler that `sciplat_hub.hub_config` registers).
 For the signed-in user it creates a short-lived API token with the platform
 scopes the page needs, calls the platform API (`sciplat_hub.api`, the hub service
-``sciplat-api``) over loopback with Tornado's asynchronous HTTP client, and
+``sciplat-api``) on this host with Tornado's asynchronous HTTP client, and
 deletes the token when the page is done, so no blocking call sits on the hub's
 event loop and no token outlives the request.
 
@@ -26,7 +26,7 @@ import urllib.parse
 from dataclasses import dataclass
 from typing import Any
 
-from sciplat_hub.api import SCOPE_GROUPS, SCOPE_READ, SCOPE_SHARES, SERVICE_NAME
+from sciplat_hub.api import SCOPE_GROUPS, SCOPE_READ, SCOPE_SHARES
 
 PAGE_SCOPES = [SCOPE_READ, SCOPE_GROUPS, SCOPE_SHARES]
 TOKEN_SECONDS = 300  # the page's token: one request's worth, deleted when the page is done
@@ -209,14 +209,11 @@ class PlatformPageHandler(BaseHandler):  # type: ignore[misc,valid-type]
     """GET: the page; POST: one form's action, then back to the page."""
 
     def initialize(self, api_url: str = "") -> None:
+        # the API's own address on this host (hub_config: settings api_url / api_port), not the gateway's
         self.api_url = api_url.rstrip("/")
 
     def _api_base(self) -> str | None:
-        if self.api_url:
-            return self.api_url
-        service = self.services.get(SERVICE_NAME)
-        url = getattr(service, "url", "") if service is not None else ""
-        return str(url).rstrip("/") or None
+        return self.api_url or None
 
     def _page_token(self) -> str | None:
         try:

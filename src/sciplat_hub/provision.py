@@ -312,9 +312,15 @@ class SlurmStep(_ComponentStep):
         from sciplat_hub import slurm_accounts  # type: ignore[attr-defined]
 
         accounts = slurm_accounts.SlurmAccounts.from_host_config()
-        account = ctx.groups[0] if ctx.groups else str(ctx.settings.get("slurm_default_account", "default"))
+        # The default account first: Slurm makes a user's first association their default
+        # account, and a group (a collaboration the user may leave) must never be it.
+        account = str(ctx.settings.get("slurm_default_account", "default"))
         accounts.ensure_account(account)
         accounts.ensure_user(ctx.username, account)
+        # One association per group the directory lists now: a member removed from a group
+        # (sciplat_hub.collab) is no longer listed, so this never adds them back.
+        for group in ctx.groups:
+            accounts.ensure_user(ctx.username, group)
         ctx.env["SCIPLAT_SLURM_ACCOUNT"] = account
 
 

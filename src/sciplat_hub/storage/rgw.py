@@ -246,6 +246,14 @@ class RgwStore(ObjectStore):
                 raise StorageError(f"setting the policy of {bucket} failed: HTTP {status} {_code(body)}")
         return bucket
 
+    def delete_group_bucket(self, group: str) -> bool:
+        """Remove the group's RGW owner user with its bucket and every object in it."""
+        owner = GROUP_OWNER_PREFIX + _check_name("group", group)
+        if self._user(owner) is None:
+            return False
+        self._admin("DELETE", "user", {"uid": owner, "purge-data": "true"}, ok_missing=True)
+        return True
+
     @staticmethod
     def group_policy(bucket: str, members: list[str]) -> dict[str, Any]:
         return {
