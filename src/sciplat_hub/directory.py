@@ -144,6 +144,23 @@ class Group:
     members: tuple[str, ...]
 
 
+@dataclass(frozen=True)
+class GroupRecord:
+    """A group with what collaborations keep beside the members: its owners and a category.
+
+    Kept in the group's own entry (auxiliary class extensibleObject): `owner` holds the DNs
+    of the owners' user entries, `businessCategory` the category (e.g. "sciplat:collaboration"),
+    so a slapcat backup and a restore keep them with the members.
+    """
+
+    name: str
+    gid: int
+    members: tuple[str, ...]
+    description: str
+    owners: tuple[str, ...]
+    category: str
+
+
 def normalize_username(raw: str) -> str:
     """A valid platform user name made from what an identity provider gave.
 
@@ -731,6 +748,81 @@ class Directory:
                 ["cn", "gidNumber", "memberUid"],
             )
         return sorted((self._group(e) for e in entries), key=lambda g: g.name)
+
+    # -- group records (collaborations: owners and a category in the group's entry) ------------
+
+    _RECORD_ATTRS: ClassVar[list[str]] = ["cn", "gidNumber", "memberUid", "description", "owner", "businessCategory"]
+
+    def _record(self, entry: dict[str, Any]) -> GroupRecord:
+        group = self._group(entry)
+        owners = entry.get("owner") or []
+        if isinstance(owners, str):
+            owners = [owners]
+        suffix = "," + self.people_dn.lower()
+        names = []
+        for dn in owners:
+            text = str(dn)
+            if text.lower().startswith("uid=") and text.lower().endswith(suffix):
+                names.append(text[4 : len(text) - len(suffix)])
+        return GroupRecord(
+            name=group.name,
+            gid=group.gid,
+            members=group.members,
+            description=str(_first(entry, "description", "")),
+            owners=tuple(sorted(names)),
+            category=str(_first(entry, "businessCategory", "")),
+        )
+
+    def group_record(self, name: str) -> GroupRecord | None:
+        """The group with its owners and category, or None."""
+        _check_name(name, "group")
+        with self._connection() as conn:
+            found = self._search(conn, self.groups_dn, f"(&(objectClass=posixGroup)(cn={name}))", self._RECORD_ATTRS)
+        return self._record(found[0]) if found else None
+
+    def group_records(self, *, category: str, member: str | None = None) -> list[GroupRecord]:
+        """The groups of this category (those with `member` among their members when given)."""
+        from ldap3.utils.conv import escape_filter_chars
+
+        flt = f"(&(objectClass=posixGroup)(businessCategory={escape_filter_chars(category)})"
+        if member is not None:
+            _check_name(member, "user")
+            flt += f"(memberUid={member})"
+        flt += ")"
+        with self._connection() as conn:
+            entries = self._search(conn, self.groups_dn, flt, self._RECORD_ATTRS)
+        return sorted((self._record(e) for e in entries), key=lambda g: g.name)
+
+    def set_group_record(
+        self, name: str, *, owners: list[str] | None = None, category: str | None = None
+    ) -> GroupRecord:
+        """Set the owners (user names, each must exist) and/or the category of a non-personal group."""
+        import ldap3
+
+        _check_name(name, "group")
+        with self._lock, self._connection() as conn:
+            found = self._search(conn, self.groups_dn, f"(&(objectClass=posixGroup)(cn={name}))", self._RECORD_ATTRS)
+            if not found:
+                raise DirectoryError(f"There is no group {name!r}; call ensure_group first.")
+            entry = found[0]
+            if self._is_personal(int(_first(entry, "gidNumber", 0))):
+                raise DirectoryError(f"{name!r} is a personal group; it has no owners.")
+            record = self._record(entry)
+            changes: dict[str, Any] = {}
+            if owners is not None and tuple(sorted(set(owners))) != record.owners:
+                for owner in owners:
+                    _check_name(owner, "user")
+                    self._require_user(conn, owner)
+                changes["owner"] = [(ldap3.MODIFY_REPLACE, [self._user_dn(o) for o in sorted(set(owners))])]
+            if category is not None and category != record.category:
+                changes["businessCategory"] = [(ldap3.MODIFY_REPLACE, [category] if category else [])]
+            if not changes:
+                return record
+            if "extensibleObject" not in self._object_classes(conn, entry["dn"]):
+                changes["objectClass"] = [(ldap3.MODIFY_ADD, ["extensibleObject"])]
+            self._check(conn, conn.modify(entry["dn"], changes), f"Updating the owners of the group {name}")
+            found = self._search(conn, self.groups_dn, f"(&(objectClass=posixGroup)(cn={name}))", self._RECORD_ATTRS)
+            return self._record(found[0]) if found else record
 
 
 def main(argv: list[str] | None = None) -> int:

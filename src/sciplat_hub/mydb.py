@@ -470,12 +470,34 @@ class MyDB:
                     )
                 )
                 conn.execute(sql.SQL("REVOKE {} FROM {}").format(sql.Identifier(role), sql.Identifier(member_role)))
+                # a session opened before keeps the group role: end it
+                conn.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s AND datname = %s",
+                    [member_role, role],
+                )
         return {
             "database": role,
             "role": role,
             "members": sorted(set(wanted.values()) - set(pending)),
             "pending": pending,
         }
+
+    def drop_group_database(self, group: str) -> bool:
+        """Drop the group's database and role and forget them (a purge); True when something was dropped."""
+        role = group_role(group)
+        with self._registry(role) as conn:
+            dropped = False
+            if self._database_exists(conn, role):
+                self._grant_membership(conn, role, self.settings.admin_user)
+                conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(role)))
+                dropped = True
+            if self._role_exists(conn, role):
+                conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+                dropped = True
+            conn.execute("DELETE FROM mydb_usage WHERE database = %s", [role])
+            conn.execute("DELETE FROM mydb_databases WHERE database = %s AND kind = 'group'", [role])
+            conn.execute("DELETE FROM mydb_roles WHERE role = %s AND kind = 'group'", [role])
+        return dropped
 
     # ------------------------------------------------------------ operators
 

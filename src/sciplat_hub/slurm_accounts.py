@@ -114,6 +114,7 @@ class SlurmAccounts:
     default_limits: dict[str, int]
     sacctmgr: str = "sacctmgr"
     sshare: str = "sshare"
+    scancel: str = "scancel"
     runner: Runner = _run
 
     @classmethod
@@ -210,6 +211,28 @@ class SlurmAccounts:
         if not self.association_exists(username, account):
             return False
         self._modify("delete", "user", "where", f"name={username}", f"account={account}", f"cluster={self.cluster}")
+        return True
+
+    def account_users(self, account: str) -> list[str]:
+        """The users with an association under the account (sorted)."""
+        _check_name("group", account)
+        rows = self._show("association", f"cluster={self.cluster}", f"account={account}", "format=user")
+        return sorted({row[0] for row in rows if row and row[0]})
+
+    def cancel_jobs(self, username: str, account: str) -> None:
+        """Cancel the user's pending and running jobs charged to the account (before its association goes)."""
+        _check_name("user", username)
+        _check_name("group", account)
+        self.runner([self.scancel, f"--user={username}", f"--account={account}", "--quiet"])
+
+    def delete_account(self, account: str) -> bool:
+        """Remove the account with every association under it; True when one was removed."""
+        _check_name("group", account)
+        if not self.account_exists(account):
+            return False
+        for username in self.account_users(account):
+            self.cancel_jobs(username, account)
+        self._modify("delete", "account", "where", f"name={account}", f"cluster={self.cluster}")
         return True
 
     def set_user_limits(

@@ -81,6 +81,13 @@ class ObjectStore(abc.ABC):
     def ensure_group_bucket(self, group: str, members: list[str], quota_bytes: int | None) -> str:
         """The group's bucket exists; exactly `members` may read and write it."""
 
+    def delete_group_bucket(self, group: str) -> bool:
+        """Delete the group's bucket with every object in it (a purge); True when there was one."""
+        raise StorageError(
+            f"the {type(self).__name__} backend cannot purge group buckets; delete {group_bucket(group)} "
+            "and its objects with the provider's own tools"
+        )
+
     @abc.abstractmethod
     def set_user_quota(self, username: str, quota_bytes: int | None) -> None:
         """Change a user's quota (None removes it)."""

@@ -40,6 +40,7 @@ Configuration (`/etc/sciplat/storage/client.json`, `"backend": "minio"`):
 from __future__ import annotations
 
 import base64
+import contextlib
 import functools
 import hashlib
 import hmac
@@ -327,6 +328,27 @@ class MinioObjectStore(ObjectStore):
         except MinioAdminException as error:
             raise StorageError(f"MinIO refused to set up group bucket {bucket}: {error}") from error
         return bucket
+
+    @_reported
+    def delete_group_bucket(self, group: str) -> bool:
+        _check_group(group)
+        bucket = group_bucket(group)
+        try:
+            info = self._group_info(bucket)
+            if info is not None:
+                if info.get("members"):
+                    self.admin.group_remove(bucket, sorted(info["members"]))
+                self.admin.group_remove(bucket)
+            with contextlib.suppress(MinioAdminException):
+                self.admin.policy_remove(f"sciplat-group-{group}")
+            if not self.s3.bucket_exists(bucket):
+                return info is not None
+            for version in self.s3.list_objects(bucket, recursive=True, include_version=True):
+                self.s3.remove_object(bucket, str(version.object_name), version_id=version.version_id)
+            self.s3.remove_bucket(bucket)
+        except (MinioAdminException, S3Error) as error:
+            raise StorageError(f"MinIO refused to delete group bucket {bucket}: {error}") from error
+        return True
 
     def _group_info(self, name: str) -> dict[str, Any] | None:
         try:
