@@ -400,3 +400,69 @@ def test_page_template_shows_quotas_groups_shares_and_xsrf_forms() -> None:
     as_member = _render_page(flash=None, errors=[], allocations=[], **view({**ME, "name": "bob"}, [GROUP], {}))
     assert 'value="remove-member"' not in as_member and 'value="add-member"' not in as_member
     assert 'value="leave"' in as_member
+
+
+# ---------------------------------------------------------------------- the generated API reference
+
+
+def _api_reference() -> Any:
+    import importlib.util
+
+    from tests.conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("api_reference", REPO / "scripts" / "api-reference.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_api_reference_is_generated_from_the_committed_openapi_document() -> None:
+    reference = _api_reference()
+    document = json.loads(reference.SOURCE.read_text())
+    on_disk = reference.TARGET.read_text()
+    assert on_disk == reference.render(document), "docs/reference/api.md is stale: run scripts/api-reference.py"
+    for path, item in document["paths"].items():  # every endpoint has its section
+        for method in item:
+            assert f"### {method.upper()} {path}\n" in on_disk
+
+
+def test_api_reference_renders_types_scopes_and_bodies() -> None:
+    reference = _api_reference()
+    text_plain = {"text/plain": {"schema": {"type": "string"}}}
+    document = {
+        "openapi": "3.1.0",
+        "info": {"title": "T", "version": "1"},
+        "paths": {
+            "/api/v1/groups/{name}": {
+                "put": {
+                    "summary": "Change a group",
+                    "tags": ["groups"],
+                    "x-scopes": ["custom:platform:groups"],
+                    "security": [{"JupyterHubToken": []}],
+                    "parameters": [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}],
+                    "requestBody": {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/G"}}}},
+                    "responses": {"200": {"description": "OK", "content": text_plain}},
+                }
+            }
+        },
+        "components": {
+            "schemas": {
+                "G": {
+                    "properties": {
+                        "owners": {"type": "array", "items": {"type": "string"}},
+                        "bucket": {"anyOf": [{"type": "string"}, {"type": "null"}], "description": "a | b"},
+                        "mode": {"enum": ["ro", "rw"], "default": "ro"},
+                    },
+                    "required": ["owners"],
+                }
+            }
+        },
+    }
+    text = reference.render(document)
+    assert "### PUT /api/v1/groups/{name}\n\nChange a group.\n\nScope: `custom:platform:groups`." in text
+    assert "Body (`application/json`): [G](#g)" in text
+    assert "| 200 | OK | `text/plain` string |" in text
+    assert "| `owners` | list of string | yes |" in text
+    assert "| `bucket` | string or null | no | a \\| b |" in text
+    assert '| `mode` | `"ro"` \\| `"rw"` | no | Default: `"ro"`. |' in text
