@@ -1,0 +1,88 @@
+"""A user in a real browser on the hub's platform page (/hub/platform): quotas, groups, a new group.
+
+Headless Chromium (Debian's package) driven by Playwright, as in test_hub_browser.py.
+The user signs up, is approved and signs in (test_hub.new_approved_user) and gets a
+platform account as the hub's provisioning makes it at a first server start (as
+test_collab does). In the browser they sign in, follow the navigation bar's Platform
+link, see their quotas and the groups section, create a group with the page's form
+and see it listed with themselves as its owner. The screenshot is kept as
+`<inventory>/logs/e2e/platform-page.png`; the group is deleted and purged afterwards.
+"""
+
+from __future__ import annotations
+
+import secrets
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.integration.conftest import CA_CERT, INVENTORY, PUBLIC_URL, ca_cert, deployed, host_of  # noqa: F401
+from tests.integration.test_hub import PASSWORD, new_approved_user
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+ARTIFACTS = INVENTORY / "logs" / "e2e"  # beside the deploy logs (not committed)
+PY = "/opt/sciplat/venv/bin/python"  # sciplat_hub's venv on the hosts
+playwright_api = pytest.importorskip("playwright.sync_api")
+pytestmark = [
+    pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium package is not installed"),
+    pytest.mark.skipif(not CA_CERT.is_file(), reason="no deployed test bed (run the integration tests first)"),
+]
+
+
+def test_platform_page_shows_quotas_and_groups_and_creates_a_group(
+    host_of: Callable[[str], Any],  # noqa: F811
+    ca_cert: Path,  # noqa: F811
+) -> None:
+    gw = host_of("gw")
+    name = new_approved_user("pp", ca_cert)["name"]
+    provisioned = gw.run(f"{PY} -m sciplat_hub.provision --json {name}")
+    assert provisioned.rc == 0, provisioned.stdout + provisioned.stderr
+    group = f"page-{secrets.token_hex(3)}"
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    try:
+        with playwright_api.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--ignore-certificate-errors"])
+            page = browser.new_page(ignore_https_errors=True, viewport={"width": 1280, "height": 1000})
+            page.set_default_timeout(60_000)
+            try:
+                page.goto(PUBLIC_URL + "/hub/login")
+                page.fill("#username_input", name)
+                page.fill("#password_input", PASSWORD)
+                page.click("#login_submit")
+                page.wait_for_url("**/hub/home**")
+                page.click("#nav-platform")
+                page.wait_for_url("**/hub/platform")
+                assert page.locator(".platform-error").count() == 0, page.locator(".platform-error").all_inner_texts()
+                quotas = page.locator("#platform-quotas")
+                assert "Home directory" in quotas.inner_text()
+                assert page.locator("#quota-home .quota-limit").inner_text().endswith("iB"), "the home quota, in units"
+                assert page.locator("#quota-home .progress").count() == 1
+                assert page.locator("#platform-groups").is_visible()
+                assert page.locator("#no-groups").is_visible(), "a new user is in no group"
+                page.fill("#group-name", group)
+                page.fill("#group-description", "made in a browser")
+                page.click("#create-group-submit")
+                page.wait_for_url("**/hub/platform")
+                card = page.locator(f"#group-{group}")
+                card.wait_for()
+                assert page.locator("#platform-flash").inner_text() == f"You created the group {group}."
+                assert "made in a browser" in card.inner_text()
+                assert card.locator(f"tr[data-member='{name}']").inner_text().split() == [
+                    name,
+                    "(you)",
+                    "owner",
+                    "Leave",
+                ]
+                page.screenshot(path=str(ARTIFACTS / "platform-page.png"), full_page=True)
+            except Exception:
+                page.screenshot(path=str(ARTIFACTS / "platform-page-failed.png"), full_page=True)
+                raise
+            finally:
+                browser.close()
+    finally:
+        gw.run(f"{PY} -m sciplat_hub.collab delete {group}")
+        gw.run(f"{PY} -m sciplat_hub.collab purge {group} --yes")
+    assert (ARTIFACTS / "platform-page.png").stat().st_size > 10_000
