@@ -166,7 +166,7 @@ def test_create_makes_the_owner_a_member_everywhere(world: dict[str, Any]) -> No
     )
     assert world["posix"].dirs["survey"] == (c.gid, 2**40)
     assert world["store"].policies["survey"] == (["alice"], 2**30)
-    assert reflected(world, "survey") == dict.fromkeys(("ldap", "bucket", "mydb", "slurm"), ["alice"])
+    assert reflected(world, "survey") == {key: ["alice"] for key in ("ldap", "bucket", "mydb", "slurm")}
     # owners live in the group's own entry (a slapcat backup keeps them)
     record = world["d"].group_record("survey")
     assert record.owners == ("alice",) and record.category == collab_mod.ACTIVE
@@ -216,7 +216,7 @@ def test_owners_add_members_members_and_outsiders_cannot(world: dict[str, Any]) 
     c.create("survey", "alice")
     added = c.add_member("survey", "bob", by="alice")
     assert added.members == ["alice", "bob"] and added.owners == ["alice"]
-    assert reflected(world, "survey") == dict.fromkeys(("ldap", "bucket", "mydb", "slurm"), ["alice", "bob"])
+    assert reflected(world, "survey") == {key: ["alice", "bob"] for key in ("ldap", "bucket", "mydb", "slurm")}
     with pytest.raises(Forbidden, match="Only the owners"):
         c.add_member("survey", "carol", by="bob")
     with pytest.raises(NotFound, match="no collaboration named 'survey'"):
@@ -255,7 +255,7 @@ def test_removing_a_member_revokes_everything(world: dict[str, Any]) -> None:
         c.remove_member("survey", "carol", by="bob")  # a member cannot remove another
     after = c.remove_member("survey", "bob", by="alice")
     assert after.members == ["alice", "carol"]
-    assert reflected(world, "survey") == dict.fromkeys(("ldap", "bucket", "mydb", "slurm"), ["alice", "carol"])
+    assert reflected(world, "survey") == {key: ["alice", "carol"] for key in ("ldap", "bucket", "mydb", "slurm")}
     assert ("bob", "survey") in world["slurm"].cancelled  # bob's jobs on the account go first
     assert world["flushed"][-1] == ("survey", ["bob"])
     assert [x.name for x in c.list(member="bob")] == []
@@ -288,7 +288,7 @@ def test_delete_keeps_data_and_revokes_everyone_purge_removes_it(world: dict[str
         c.delete("survey", by="bob")
     gone = c.delete("survey", by="alice")
     assert (gone.deleted, gone.members, gone.owners) == (True, [], ["alice"])
-    assert reflected(world, "survey") == dict.fromkeys(("ldap", "bucket", "mydb", "slurm"), [])
+    assert reflected(world, "survey") == {key: [] for key in ("ldap", "bucket", "mydb", "slurm")}
     assert (world["posix"].group_root / "survey" / "data.csv").read_text() == "1,2\n"
     assert c.delete("survey", by="alice").deleted  # again: the same
     assert [x.name for x in c.list(member="alice")] == []
@@ -322,7 +322,7 @@ def test_a_failing_component_does_not_stop_the_others_and_a_retry_finishes(world
     c.create("survey", "alice")
     c.add_member("survey", "bob", by="alice")
     world["store"].fail = True
-    with pytest.raises(ComponentError, match="group bucket .*RGW is away.*sciplat-groups sync survey"):
+    with pytest.raises(ComponentError, match=r"group bucket .*RGW is away.*sciplat-groups sync survey"):
         c.remove_member("survey", "bob", by="alice")
     # the directory and every other component already revoked bob
     assert world["d"].get_group("survey").members == ("alice",)
@@ -375,3 +375,31 @@ def test_provisioning_adds_associations_only_for_the_groups_the_directory_lists(
     fake.remove_user("bob", "survey")  # removed from the collaboration: the directory no longer lists it
     provision.SlurmStep().run(provision.Context("bob", settings={}, groups=[]))
     assert fake.accounts["survey"] == set()
+
+
+def test_aws_purge_removes_the_bucket_its_objects_and_the_iam_group(monkeypatch: pytest.MonkeyPatch) -> None:
+    moto = pytest.importorskip("moto")
+    import boto3
+    from botocore.exceptions import ClientError
+
+    from sciplat_hub.storage import aws
+
+    for var in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    with moto.mock_aws():
+        session = boto3.Session(region_name="eu-west-1")
+        store = aws.AwsObjectStore(
+            region="eu-west-1", prefix="unit", session=session, admit_only_owners=False, deny_insecure_transport=False
+        )
+        store.ensure_user("alice", None)
+        bucket = store.ensure_group_bucket("survey", ["alice"], None)
+        s3 = session.client("s3", region_name="eu-west-1")
+        s3.put_object(Bucket=bucket, Key="data/a.csv", Body=b"1,2\n")
+        assert store.delete_group_bucket("survey") is True
+        with pytest.raises(ClientError):
+            s3.head_bucket(Bucket=bucket)
+        with pytest.raises(ClientError):
+            session.client("iam").get_group(GroupName=store.iam_group("survey"))
+        assert store.delete_group_bucket("survey") is False  # again: nothing left

@@ -49,6 +49,7 @@ Configuration (`/etc/sciplat/storage/client.json`, `"backend": "aws"`):
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import json
@@ -568,6 +569,42 @@ class AwsObjectStore(ObjectStore):
         except ClientError as error:
             raise StorageError(f"AWS refused to set up group bucket {bucket}: {error}") from error
         return bucket
+
+    @_reported
+    def delete_group_bucket(self, group: str) -> bool:
+        """Delete the group's bucket (every object version first) and its IAM group and policy."""
+        bucket = self.group_bucket(group)
+        iam_group = self.iam_group(group)
+        found = False
+        try:
+            try:
+                self.s3.head_bucket(Bucket=bucket)
+                found = True
+            except ClientError as error:
+                if _code(error) not in ("404", "NoSuchBucket", "NotFound"):
+                    raise
+            if found:
+                for page in self.s3.get_paginator("list_object_versions").paginate(Bucket=bucket):
+                    doomed = [
+                        {"Key": v["Key"], "VersionId": v["VersionId"]}
+                        for v in [*page.get("Versions", []), *page.get("DeleteMarkers", [])]
+                    ]
+                    if doomed:
+                        self.s3.delete_objects(Bucket=bucket, Delete={"Objects": doomed, "Quiet": True})
+                self.s3.delete_bucket(Bucket=bucket)
+            try:
+                self._set_members(iam_group, [])
+            except ClientError as error:
+                if _code(error) != "NoSuchEntity":
+                    raise
+            else:
+                with contextlib.suppress(ClientError):
+                    self.iam.delete_group_policy(GroupName=iam_group, PolicyName=GROUP_POLICY)
+                self.iam.delete_group(GroupName=iam_group)
+                found = True
+        except ClientError as error:
+            raise StorageError(f"AWS refused to delete group bucket {bucket}: {error}") from error
+        return found
 
     def _set_members(self, iam_group: str, members: Iterable[str]) -> None:
         wanted = {self.iam_user(m) for m in members}
