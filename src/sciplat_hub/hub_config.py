@@ -146,6 +146,8 @@ def configure(c: Any, settings: dict[str, Any]) -> None:
     spawner.start_timeout = int(settings["start_timeout"])
     spawner.http_timeout = int(settings["start_timeout"])
     spawner.environment = {str(k): str(v) for k, v in (settings.get("user_environment") or {}).items()}
+    # sciplat_client and curl in a notebook find the platform API here (docs/collaborations.md)
+    spawner.environment.setdefault("SCIPLAT_URL", str(settings["public_url"]).rstrip("/"))
     spawner.pre_spawn_hook = provision_hook
     c.SystemdSpawner.isolate_tmp = True
     c.SystemdSpawner.disable_user_sudo = True

@@ -466,3 +466,16 @@ def test_api_reference_renders_types_scopes_and_bodies() -> None:
     assert "| `owners` | list of string | yes |" in text
     assert "| `bucket` | string or null | no | a \\| b |" in text
     assert '| `mode` | `"ro"` \\| `"rw"` | no | Default: `"ro"`. |' in text
+
+
+def test_hub_registers_the_page_and_tells_servers_the_platform_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.unit.test_notebook_env import _configure
+
+    c = _configure(monkeypatch)
+    assert c.JupyterHub.extra_handlers == [
+        (r"/platform/?", "sciplat_hub.hub_platform_page.PlatformPageHandler", {"api_url": "http://127.0.0.1:8090"})
+    ]
+    assert c.Spawner.environment["SCIPLAT_URL"] == "https://example.org"
+    c = _configure(monkeypatch, user_environment={"SCIPLAT_URL": "https://elsewhere.org"}, api_port=9000)
+    assert c.Spawner.environment["SCIPLAT_URL"] == "https://elsewhere.org", "the operator's value wins"
+    assert c.JupyterHub.extra_handlers[0][2] == {"api_url": "http://127.0.0.1:9000"}
