@@ -222,7 +222,7 @@ class PlatformPageHandler(BaseHandler):  # type: ignore[misc,valid-type]
                     note="the hub's platform page", expires_in=TOKEN_SECONDS, scopes=list(PAGE_SCOPES)
                 )
             )
-        except ValueError:  # the platform scopes are not defined: the API is not deployed on this hub
+        except (KeyError, ValueError):  # the platform scopes are not defined: the API is not deployed on this hub
             self.log.warning("platform page: no token with %s for %s", PAGE_SCOPES, self.current_user.name)
             return None
 
