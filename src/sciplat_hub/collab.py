@@ -535,10 +535,9 @@ def _sss_cache(group: str, users: Sequence[str]) -> None:
     """Make SSSD on this host ask the directory again for the group and these users."""
     if shutil.which("sss_cache") is None:
         return
-    argv = ["sss_cache", "-G", group]
-    for user in users:
-        argv += ["-u", user]
-    subprocess.run(argv, capture_output=True, timeout=30, check=False)
+    # one object per call: -g one group, -u one user (their list of groups)
+    for argv in (["sss_cache", "-g", group], *(["sss_cache", "-u", user] for user in users)):
+        subprocess.run(argv, capture_output=True, timeout=30, check=False)
 
 
 # -------------------------------------------------------------------- command line

@@ -403,3 +403,12 @@ def test_aws_purge_removes_the_bucket_its_objects_and_the_iam_group(monkeypatch:
         with pytest.raises(ClientError):
             session.client("iam").get_group(GroupName=store.iam_group("survey"))
         assert store.delete_group_bucket("survey") is False  # again: nothing left
+
+
+def test_sss_cache_is_told_one_object_per_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[list[str]] = []
+    monkeypatch.setattr(collab_mod.shutil, "which", lambda name: "/usr/sbin/sss_cache")
+    monkeypatch.setattr(collab_mod.subprocess, "run", lambda argv, **kw: calls.append(list(argv)))
+    collab_mod._sss_cache("survey", ["bob", "carol"])
+    # sss_cache refuses two single-object options in one call ("-G" would mean every group)
+    assert calls == [["sss_cache", "-g", "survey"], ["sss_cache", "-u", "bob"], ["sss_cache", "-u", "carol"]]
