@@ -232,7 +232,8 @@ class SlurmAccounts:
             return False
         for username in self.account_users(account):
             self.cancel_jobs(username, account)
-        self._modify("delete", "account", "where", f"name={account}", f"cluster={self.cluster}")
+        # without cluster=: with it, sacctmgr removes only the account's associations there
+        self._modify("delete", "account", "where", f"name={account}")
         return True
 
     def set_user_limits(

@@ -412,3 +412,26 @@ def test_sss_cache_is_told_one_object_per_call(monkeypatch: pytest.MonkeyPatch) 
     collab_mod._sss_cache("survey", ["bob", "carol"])
     # sss_cache refuses two single-object options in one call ("-G" would mean every group)
     assert calls == [["sss_cache", "-g", "survey"], ["sss_cache", "-u", "bob"], ["sss_cache", "-u", "carol"]]
+
+
+def test_slurm_account_users_cancel_and_delete_commands() -> None:
+    from sciplat_hub.slurm_accounts import SlurmAccounts
+
+    calls: list[list[str]] = []
+
+    def runner(argv: Sequence[str]) -> str:
+        calls.append(list(argv))
+        if argv[:5] == ["sacctmgr", "--noheader", "--parsable2", "show", "account"]:
+            return "survey\n"
+        if argv[:5] == ["sacctmgr", "--noheader", "--parsable2", "show", "association"]:
+            return "\nbob\nalice\n"  # the account's own association has no user
+        return ""
+
+    slurm = SlurmAccounts(cluster="bed", default_limits={}, runner=runner)
+    assert slurm.account_users("survey") == ["alice", "bob"]
+    calls.clear()
+    assert slurm.delete_account("survey") is True
+    assert ["scancel", "--user=alice", "--account=survey", "--quiet"] in calls
+    assert ["scancel", "--user=bob", "--account=survey", "--quiet"] in calls
+    # with cluster=, sacctmgr would only remove the associations and keep the account
+    assert calls[-1] == ["sacctmgr", "--immediate", "delete", "account", "where", "name=survey"]
