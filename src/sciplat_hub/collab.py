@@ -471,6 +471,8 @@ class Collaborations:
                 self.directory.delete_group(name)
             except (DirectoryError, ValueError) as exc:
                 raise CollabError(f"The directory refused to remove the group {name!r}: {exc}") from None
+            with contextlib.suppress(Exception):
+                self.flush_cache(name, [])
 
     def sync(self, name: str) -> Collaboration:
         """Make every component match the directory again (after a ComponentError)."""
