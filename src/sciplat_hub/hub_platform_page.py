@@ -26,9 +26,9 @@ import urllib.parse
 from dataclasses import dataclass
 from typing import Any
 
-from sciplat_hub.api import SCOPE_GROUPS, SCOPE_READ, SCOPE_SHARES
-
-PAGE_SCOPES = [SCOPE_READ, SCOPE_GROUPS, SCOPE_SHARES]
+# the platform API's scopes the page needs (sciplat_hub.api.SCOPE_*; a unit test keeps them equal). Not
+# imported from there: the hub imports this module at start, and must start without the API's package.
+PAGE_SCOPES = ["custom:platform:read", "custom:platform:groups", "custom:platform:shares"]
 TOKEN_SECONDS = 300  # the page's token: one request's worth, deleted when the page is done
 FLASH_COOKIE = "sciplat-platform-flash"
 NAME = re.compile(r"^[a-z][a-z0-9-]{0,31}$")

@@ -479,3 +479,10 @@ def test_hub_registers_the_page_and_tells_servers_the_platform_url(monkeypatch: 
     c = _configure(monkeypatch, user_environment={"SCIPLAT_URL": "https://elsewhere.org"}, api_port=9000)
     assert c.Spawner.environment["SCIPLAT_URL"] == "https://elsewhere.org", "the operator's value wins"
     assert c.JupyterHub.extra_handlers[0][2] == {"api_url": "http://127.0.0.1:9000"}
+
+
+def test_page_asks_for_the_apis_own_scopes() -> None:
+    from sciplat_hub.hub_platform_page import PAGE_SCOPES
+
+    api = pytest.importorskip("sciplat_hub.api")
+    assert PAGE_SCOPES == [api.SCOPE_READ, api.SCOPE_GROUPS, api.SCOPE_SHARES]
