@@ -435,3 +435,19 @@ def test_slurm_account_users_cancel_and_delete_commands() -> None:
     assert ["scancel", "--user=bob", "--account=survey", "--quiet"] in calls
     # with cluster=, sacctmgr would only remove the associations and keep the account
     assert calls[-1] == ["sacctmgr", "--immediate", "delete", "account", "where", "name=survey"]
+
+
+def test_rgw_group_bucket_policy_denies_everyone_but_members_and_the_owner() -> None:
+    from sciplat_hub.storage.rgw import RgwStore
+
+    policy = RgwStore.group_bucket_policy("group-survey", ["bob", "alice"], "grp.survey")
+    allow, deny = policy["Statement"]
+    arns = ["arn:aws:iam:::user/alice", "arn:aws:iam:::user/bob", "arn:aws:iam:::user/grp.survey"]
+    assert (allow["Effect"], allow["Principal"]) == ("Allow", {"AWS": arns})
+    # a removed member's own uploads stay theirs (object ACL): only an explicit Deny shuts them out
+    assert (deny["Effect"], deny["NotPrincipal"], deny["Action"]) == ("Deny", {"AWS": arns}, "s3:*")
+    assert deny["Resource"] == ["arn:aws:s3:::group-survey", "arn:aws:s3:::group-survey/*"]
+    emptied = RgwStore.group_bucket_policy("group-survey", [], "grp.survey")  # deleted: the owner only
+    assert [s["Principal" if s["Effect"] == "Allow" else "NotPrincipal"] for s in emptied["Statement"]] == [
+        {"AWS": ["arn:aws:iam:::user/grp.survey"]}
+    ] * 2

@@ -234,13 +234,8 @@ class RgwStore(ObjectStore):
         wanted = sorted(set(members))
         status, body = self._s3("GET", bucket, keys, {"policy": ""})
         current = json.loads(body) if status == 200 else None
-        policy = self.group_policy(bucket, wanted) if wanted else None
-        if policy is None:
-            if current is not None:
-                status, body = self._s3("DELETE", bucket, keys, {"policy": ""})
-                if status >= 300:
-                    raise StorageError(f"removing the policy of {bucket} failed: HTTP {status} {_code(body)}")
-        elif current != policy:
+        policy = self.group_bucket_policy(bucket, wanted, owner)
+        if current != policy:
             status, body = self._s3("PUT", bucket, keys, {"policy": ""}, json.dumps(policy).encode())
             if status >= 300:
                 raise StorageError(f"setting the policy of {bucket} failed: HTTP {status} {_code(body)}")
@@ -253,6 +248,26 @@ class RgwStore(ObjectStore):
             return False
         self._admin("DELETE", "user", {"uid": owner, "purge-data": "true"}, ok_missing=True)
         return True
+
+    @staticmethod
+    def group_bucket_policy(bucket: str, members: list[str], owner: str) -> dict[str, Any]:
+        """What a group bucket gets: the members and its owner user may use it, everyone else is denied.
+
+        The Deny matters: an object belongs to whoever uploaded it, and its ACL would still let a
+        removed member read what they uploaded; an explicit Deny in the bucket policy wins over it.
+        """
+        allowed = sorted(set(members) | {owner})
+        policy = RgwStore.group_policy(bucket, allowed)
+        policy["Statement"].append(
+            {
+                "Sid": "nobody-else",
+                "Effect": "Deny",
+                "NotPrincipal": {"AWS": [f"arn:aws:iam:::user/{m}" for m in allowed]},
+                "Action": "s3:*",
+                "Resource": [f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/*"],
+            }
+        )
+        return policy
 
     @staticmethod
     def group_policy(bucket: str, members: list[str]) -> dict[str, Any]:
