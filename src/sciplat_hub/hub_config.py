@@ -12,6 +12,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from sciplat_hub.api import CUSTOM_SCOPES
+from sciplat_hub.api import SERVICE_NAME as API_SERVICE
+
 TEMPLATES = Path(__file__).with_name("hub_templates")
 ADMIN_SERVICE = "sciplat-admin"
 # the synthetic user (sciplat_hub.probe): a hub service that may only create the
@@ -80,6 +83,22 @@ def services(settings: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[
                 "services": [PROBE_SERVICE],
             }
         )
+    if settings.get("api_token"):
+        # the platform API (sciplat_hub.api, its own systemd unit): an external service
+        # at /api/ that browsers sign in to with OAuth; it checks callers' tokens with
+        # GET /hub/api/user (no scope of its own), and whether a name is a hub user's
+        # (no collaboration takes it) with read:users:name
+        svc.append(
+            {
+                "name": API_SERVICE,
+                "api_token": settings["api_token"],
+                "oauth_redirect_uri": "/api/oauth_callback",
+                "oauth_client_allowed_scopes": sorted(CUSTOM_SCOPES),
+                "oauth_no_confirm": True,
+                "display": False,
+            }
+        )
+        roles.append({"name": API_SERVICE, "scopes": ["read:users:name"], "services": [API_SERVICE]})
     tutorial = next((m for m in settings["authenticators"] if m.get("type") == "anonymous"), None)
     if tutorial is not None:
         svc.append(
@@ -126,6 +145,10 @@ def configure(c: Any, settings: dict[str, Any]) -> None:
     api_url = str(settings.get("api_url") or f"http://127.0.0.1:{int(settings.get('api_port', 8090))}")
     hub.extra_handlers = [(r"/platform/?", "sciplat_hub.hub_platform_page.PlatformPageHandler", {"api_url": api_url})]
     hub.services, hub.load_roles = services(settings)
+    if settings.get("api_token"):
+        # the platform API's scopes; every user holds them (tokens made with fewer are refused there)
+        hub.custom_scopes = CUSTOM_SCOPES
+        hub.load_roles = [*hub.load_roles, {"name": "user", "scopes": ["self", *sorted(CUSTOM_SCOPES)]}]
 
     hub.authenticator_class = "sciplat_hub.hub_auth.SciplatAuthenticator"
     c.Authenticator.admin_users = set(settings["admin_users"])
@@ -149,6 +172,10 @@ def configure(c: Any, settings: dict[str, Any]) -> None:
     # sciplat_client and curl in a notebook find the platform API here (docs/collaborations.md)
     spawner.environment.setdefault("SCIPLAT_URL", str(settings["public_url"]).rstrip("/"))
     spawner.pre_spawn_hook = provision_hook
+    if settings.get("api_token"):
+        # a server's own JUPYTERHUB_API_TOKEN also reaches the platform API (sciplat-client
+        # in a notebook): JupyterHub's server role plus the platform scopes the user holds
+        spawner.server_token_scopes = ["users:activity!user", "access:servers!server", *sorted(CUSTOM_SCOPES)]
     c.SystemdSpawner.isolate_tmp = True
     c.SystemdSpawner.disable_user_sudo = True
     c.SystemdSpawner.default_shell = "/bin/bash"
