@@ -89,27 +89,63 @@ def _owned_sequences(conn: psycopg.Connection[Any], table_oid: int) -> list[tupl
     return [(str(a), str(b)) for a, b in rows]
 
 
+def grant_table(conn: psycopg.Connection[Any], table: str, grantee: str, write: bool) -> tuple[str, str]:
+    """Let the role `grantee` read (or also write) `table` of the connection's database; (schema, name).
+
+    The connection's current role must own the table (or be a member of its owner). Also used by
+    sciplat_hub.sharing, which connects as the owner (SET ROLE) for shares made through the API.
+    """
+    oid, schema, name = _resolve_table(conn, table)
+    g = sql.Identifier(grantee)
+    privileges = "SELECT, INSERT, UPDATE, DELETE" if write else "SELECT"
+    with conn.transaction():
+        conn.execute(sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(sql.Identifier(conn.info.dbname), g))
+        conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(sql.Identifier(schema), g))
+        conn.execute(sql.SQL("REVOKE ALL ON {}.{} FROM {}").format(sql.Identifier(schema), sql.Identifier(name), g))
+        conn.execute(
+            sql.SQL("GRANT " + privileges + " ON {}.{} TO {}").format(sql.Identifier(schema), sql.Identifier(name), g)
+        )
+        for seq_schema, seq in _owned_sequences(conn, oid):
+            seq_id = sql.SQL("{}.{}").format(sql.Identifier(seq_schema), sql.Identifier(seq))
+            if write:
+                conn.execute(sql.SQL("GRANT USAGE, SELECT ON SEQUENCE {} TO {}").format(seq_id, g))
+            else:
+                conn.execute(sql.SQL("REVOKE ALL ON SEQUENCE {} FROM {}").format(seq_id, g))
+    return schema, name
+
+
+def revoke_table(conn: psycopg.Connection[Any], table: str, grantee: str) -> tuple[str, str]:
+    """Take `table` back from the role `grantee` (and CONNECT/USAGE when nothing else is shared with it)."""
+    oid, schema, name = _resolve_table(conn, table)
+    g = sql.Identifier(grantee)
+    dbname = conn.info.dbname
+    with conn.transaction():
+        conn.execute(sql.SQL("REVOKE ALL ON {}.{} FROM {}").format(sql.Identifier(schema), sql.Identifier(name), g))
+        for seq_schema, seq in _owned_sequences(conn, oid):
+            conn.execute(
+                sql.SQL("REVOKE ALL ON SEQUENCE {}.{} FROM {}").format(
+                    sql.Identifier(seq_schema), sql.Identifier(seq), g
+                )
+            )
+        remaining = conn.execute(
+            "SELECT c.relnamespace = %s::regnamespace FROM pg_class c, aclexplode(c.relacl) a "
+            "WHERE a.grantee = %s::regrole AND c.relkind IN ('r', 'p', 'v', 'm', 'f')",
+            [schema, grantee],
+        ).fetchall()
+        if not any(r[0] for r in remaining):
+            conn.execute(sql.SQL("REVOKE USAGE ON SCHEMA {} FROM {}").format(sql.Identifier(schema), g))
+        owner = conn.execute(
+            "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = current_database()"
+        ).fetchone()
+        if not remaining and owner and owner[0] != grantee:
+            conn.execute(sql.SQL("REVOKE CONNECT ON DATABASE {} FROM {}").format(sql.Identifier(dbname), g))
+    return schema, name
+
+
 def share(table: str, who: str, write: bool, database: str | None) -> str:
     with _connect(database) as conn:
         kind, grantee = _resolve_grantee(conn, who)
-        oid, schema, name = _resolve_table(conn, table)
-        g = sql.Identifier(grantee)
-        privileges = "SELECT, INSERT, UPDATE, DELETE" if write else "SELECT"
-        with conn.transaction():
-            conn.execute(sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(sql.Identifier(conn.info.dbname), g))
-            conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(sql.Identifier(schema), g))
-            conn.execute(sql.SQL("REVOKE ALL ON {}.{} FROM {}").format(sql.Identifier(schema), sql.Identifier(name), g))
-            conn.execute(
-                sql.SQL("GRANT " + privileges + " ON {}.{} TO {}").format(
-                    sql.Identifier(schema), sql.Identifier(name), g
-                )
-            )
-            for seq_schema, seq in _owned_sequences(conn, oid):
-                seq_id = sql.SQL("{}.{}").format(sql.Identifier(seq_schema), sql.Identifier(seq))
-                if write:
-                    conn.execute(sql.SQL("GRANT USAGE, SELECT ON SEQUENCE {} TO {}").format(seq_id, g))
-                else:
-                    conn.execute(sql.SQL("REVOKE ALL ON SEQUENCE {} FROM {}").format(seq_id, g))
+        schema, name = grant_table(conn, table, grantee, write)
         mode = "read-write" if write else "read-only"
         return (
             f"shared {schema}.{name} in database {conn.info.dbname} with {kind} {grantee[2:]} ({mode}); "
@@ -120,30 +156,8 @@ def share(table: str, who: str, write: bool, database: str | None) -> str:
 def revoke(table: str, who: str, database: str | None) -> str:
     with _connect(database) as conn:
         kind, grantee = _resolve_grantee(conn, who)
-        oid, schema, name = _resolve_table(conn, table)
-        g = sql.Identifier(grantee)
-        dbname = conn.info.dbname
-        with conn.transaction():
-            conn.execute(sql.SQL("REVOKE ALL ON {}.{} FROM {}").format(sql.Identifier(schema), sql.Identifier(name), g))
-            for seq_schema, seq in _owned_sequences(conn, oid):
-                conn.execute(
-                    sql.SQL("REVOKE ALL ON SEQUENCE {}.{} FROM {}").format(
-                        sql.Identifier(seq_schema), sql.Identifier(seq), g
-                    )
-                )
-            remaining = conn.execute(
-                "SELECT c.relnamespace = %s::regnamespace FROM pg_class c, aclexplode(c.relacl) a "
-                "WHERE a.grantee = %s::regrole AND c.relkind IN ('r', 'p', 'v', 'm', 'f')",
-                [schema, grantee],
-            ).fetchall()
-            if not any(r[0] for r in remaining):
-                conn.execute(sql.SQL("REVOKE USAGE ON SCHEMA {} FROM {}").format(sql.Identifier(schema), g))
-            owner = conn.execute(
-                "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = current_database()"
-            ).fetchone()
-            if not remaining and owner and owner[0] != grantee:
-                conn.execute(sql.SQL("REVOKE CONNECT ON DATABASE {} FROM {}").format(sql.Identifier(dbname), g))
-        return f"{kind} {grantee[2:]} no longer has access to {schema}.{name} in database {dbname}"
+        schema, name = revoke_table(conn, table, grantee)
+        return f"{kind} {grantee[2:]} no longer has access to {schema}.{name} in database {conn.info.dbname}"
 
 
 _SHARED_BY_ME = """

@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import grp
 import json
 import os
 import re
 import stat
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +41,10 @@ class Posix:
     group_root: Path = Path("/groups")
     backend: str = "cephfs"  # cephfs: quotas and usage from CephFS's xattrs
     home_quota_bytes: int | None = None
+    # The public-datasets area (a CephFS directory mounted on the hub and compute hosts, like
+    # /home): readable by every user, writable by root and the members of public_curators.
+    public_root: Path | None = None
+    public_curators: str = "public-data"
 
     @classmethod
     def from_host_config(cls, path: Path = CONFIG_FILE) -> Posix:
@@ -57,6 +63,8 @@ class Posix:
             group_root=Path(config.get("group_root", "/groups")),
             backend=str(config.get("backend", "cephfs")),
             home_quota_bytes=quota or None,
+            public_root=Path(config["public_root"]) if config.get("public_root") else None,
+            public_curators=str(config.get("public_curators") or "public-data"),
         )
 
     # ------------------------------------------------------------ directories
@@ -74,6 +82,57 @@ class Posix:
         self._ensure_dir(path, 0, gid, 0o2770)
         self.set_quota(path, quota_bytes)
         return str(path)
+
+    def ensure_public_area(self) -> str | None:
+        """The public-datasets area: root-owned, group public_curators, setgid 2775 (2755 without curators).
+
+        Its default ACL (other::r-x) makes what curators put there readable by every user,
+        whatever their umask. None when this platform has no public area.
+        """
+        root = self.public_root
+        if root is None:
+            return None
+        if not os.path.ismount(root) and self.backend == "cephfs":
+            raise PosixError(f"{root} is not mounted: the public-datasets area is missing on this host")
+        try:
+            gid = grp.getgrnam(self.public_curators).gr_gid
+        except KeyError:  # no curators group yet: operators (root) only
+            gid = 0
+        self._ensure_dir(root, 0, gid, 0o2775 if gid else 0o2755)
+        wanted = "default:other::r-x"
+        current = subprocess.run(
+            ["getfacl", "--omit-header", "--absolute-names", str(root)], capture_output=True, text=True, check=False
+        ).stdout
+        if wanted not in current.split():
+            subprocess.run(
+                ["setfacl", "-d", "-m", "u::rwx,g::rwx,o::rx", str(root)], capture_output=True, text=True, check=True
+            )
+        return str(root)
+
+    def ensure_public_link(self, home: str | Path, uid: int, gid: int) -> None:
+        """`~/public` -> the public area, made in the user's home without following any symlink there."""
+        if self.public_root is None:
+            return
+        fd = os.open(home, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        try:
+            if os.fstat(fd).st_uid != uid:
+                raise PosixError(f"{home} is not owned by uid {uid}; not adding ~/public")
+            try:
+                current = os.readlink("public", dir_fd=fd)
+            except FileNotFoundError:
+                current = None
+            except OSError as exc:
+                if exc.errno == errno.EINVAL:  # the user's own file or folder named public: leave it
+                    return
+                raise
+            if current == str(self.public_root):
+                return
+            if current is not None:
+                os.unlink("public", dir_fd=fd)
+            os.symlink(str(self.public_root), "public", dir_fd=fd)
+            os.chown("public", uid, gid, dir_fd=fd, follow_symlinks=False)
+        finally:
+            os.close(fd)
 
     def _child(self, root: Path, kind: str, name: str) -> Path:
         if not _NAME.match(name):

@@ -243,6 +243,8 @@ class PosixStep(_ComponentStep):
         ctx.home = p.ensure_home(ctx.username, ctx.uid, ctx.gid, ctx.settings.get("home_quota"))
         for group, gid in ctx.group_gids.items():
             p.ensure_group_dir(group, gid, ctx.settings.get("group_dir_quota"))
+        if p.ensure_public_area() is not None:  # ~/public: the public-datasets area
+            p.ensure_public_link(ctx.home, ctx.uid, ctx.gid)
 
 
 class LocalHomeStep:

@@ -284,6 +284,40 @@ class RgwStore(ObjectStore):
             ],
         }
 
+    # ------------------------------------------------------------ policies of a user's own buckets (sharing)
+
+    def bucket_policy(self, bucket: str, owner: str) -> dict[str, Any] | None:
+        """The policy of `owner`'s bucket (None: it has none), read with the owner's keys."""
+        keys = self._owner_keys(owner)
+        status, body = self._s3("GET", bucket, keys, {"policy": ""})
+        if status == 404 and _code(body) == "NoSuchBucketPolicy":
+            return None
+        if status >= 300:
+            raise StorageError(f"reading the policy of {bucket} failed: HTTP {status} {_code(body)}")
+        policy: dict[str, Any] = json.loads(body)
+        return policy
+
+    def set_bucket_policy(self, bucket: str, owner: str, policy: dict[str, Any] | None) -> None:
+        """Replace the policy of `owner`'s bucket (None: remove it), with the owner's keys."""
+        keys = self._owner_keys(owner)
+        if policy is None:
+            status, body = self._s3("DELETE", bucket, keys, {"policy": ""})
+        else:
+            status, body = self._s3("PUT", bucket, keys, {"policy": ""}, json.dumps(policy).encode())
+        if status >= 300:
+            raise StorageError(f"setting the policy of {bucket} failed: HTTP {status} {_code(body)}")
+
+    def has_user(self, username: str) -> bool:
+        """Whether the object store knows this user (a policy may name only existing users)."""
+        return self._user(_check_name("user", username)) is not None
+
+    def _owner_keys(self, owner: str) -> tuple[str, str]:
+        uid = _check_name("user", owner)
+        info = self._user(uid)
+        if info is None:
+            raise StorageError(f"no object-storage user {uid}; ensure_user creates it")
+        return self._keys_of(info, uid)
+
     # ------------------------------------------------------------ usage
 
     def _buckets_of(self, uid: str) -> list[BucketUsage]:
