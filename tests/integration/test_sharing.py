@@ -11,6 +11,7 @@ MyDB credentials.
 from __future__ import annotations
 
 import json
+import secrets
 import shlex
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -152,6 +153,36 @@ print(json.dumps(out))
         "bad mode": "Invalid",
     }
     assert ok(b["c1"].run(f"cat ~/shared/{a['name']}/n.md")).strip() == "n"
+
+
+def test_a_folder_shared_with_a_group_reaches_its_members_and_follows_the_membership(
+    users: dict[str, dict[str, Any]], shares: list[str], gw: Any
+) -> None:
+    a, b = users["a"], users["b"]
+    group = f"shg-{secrets.token_hex(3)}"
+    collab = f"{PY} -m sciplat_hub.collab"
+    ok(gw.run(f"{collab} create {group} --owner {a['name']}"))
+    try:
+        ok(gw.run(f"{collab} add {group} {b['name']}"))
+        ok(a["gw"].run("umask 077 && mkdir -p ~/team && echo plan > ~/team/plan.md"))
+        share = on_hub(gw, "create", a["name"], "path", "team", f"group:{group}", "--mode", "rw")
+        shares.append(share["id"])
+        # a member (with the group from the directory, on the hub host) reads and writes through the link
+        assert ok(b["gw"].run(f"cat ~/shared/{a['name']}/team/plan.md")).strip() == "plan"
+        ok(b["gw"].run(f"echo reply > ~/shared/{a['name']}/team/reply.md"))
+        assert ok(a["gw"].run("cat ~/team/reply.md")).strip() == "reply"
+        assert share["id"] in [s["id"] for s in on_hub(gw, "list", b["name"])["with_me"]]
+        # removed from the group: the ACL no longer applies, and refresh takes the link away
+        ok(gw.run(f"{collab} remove {group} {b['name']}"))
+        on_hub(gw, "refresh", f"group:{group}")
+        assert b["gw"].run(f"cat /home/{a['name']}/team/plan.md").rc != 0
+        assert b["gw"].run(f"test -e ~/shared/{a['name']}/team").rc != 0
+        assert share["id"] not in [s["id"] for s in on_hub(gw, "list", b["name"])["with_me"]]
+        on_hub(gw, "delete", share["id"])
+        shares.remove(share["id"])
+    finally:
+        gw.run(f"{collab} delete {group}")
+        gw.run(f"{collab} purge {group} --yes")
 
 
 def test_a_bucket_prefix_shared_with_the_recipients_own_keys(
