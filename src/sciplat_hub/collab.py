@@ -176,6 +176,7 @@ class Collaborations:
         user_exists: Callable[[str], bool] | None = None,
         lock_dir: Path = LOCK_DIR,
         flush_cache: Callable[[str, Sequence[str]], None] | None = None,
+        acl: Any = None,
     ) -> None:
         """`posix`, `store`, `mydb`, `slurm`: the component clients (None: not on this platform).
 
@@ -194,6 +195,7 @@ class Collaborations:
         self.user_exists = user_exists
         self.lock_dir = lock_dir
         self.flush_cache = flush_cache if flush_cache is not None else _sss_cache
+        self.acl = acl if acl is not None else PosixAcl()
 
     # ---------------------------------------------------------------- construction
 
@@ -503,7 +505,7 @@ class Collaborations:
 
         if self.posix is not None:
             posix = self.posix
-            attempt("group directory", lambda: posix.ensure_group_dir(name, record.gid, self.group_dir_quota))
+            attempt("group directory", lambda: self._reconcile_dir(posix, record, members, changed))
         if self.store is not None:
             store = self.store
             attempt("group bucket", lambda: store.ensure_group_bucket(name, members, self.bucket_quota))
@@ -521,6 +523,22 @@ class Collaborations:
                 f"{name}`) to finish it."
             )
 
+    def _reconcile_dir(self, posix: Any, record: GroupRecord, members: Sequence[str], changed: Sequence[str]) -> None:
+        """The group directory, and a no-access ACL entry for each user who left (none for members).
+
+        Other hosts trust a cached group membership for minutes (SSSD), and a running process keeps
+        the groups it started with; a named-user ACL entry is checked before the group's, so it
+        shuts a removed member out of the directory on every host at once.
+        """
+        path = posix.ensure_group_dir(record.name, record.gid, self.group_dir_quota)
+        denied = self.acl.denied(path)
+        if denied is None:  # no ACLs on this filesystem: the directory's group alone decides
+            return
+        for username in sorted(set(changed) - set(members) - denied):
+            self.acl.deny(path, username)
+        for username in sorted(denied & set(members)):
+            self.acl.undeny(path, username)
+
     def _reconcile_slurm(self, name: str, members: Sequence[str]) -> None:
         slurm = self.slurm
         slurm.ensure_account(name, description=f"collaboration {name}")
@@ -531,6 +549,37 @@ class Collaborations:
         for username in sorted(current - set(members)):
             slurm.cancel_jobs(username, name)
             slurm.remove_user(username, name)
+
+
+class PosixAcl:
+    """Named-user ACL entries without permissions on a directory (getfacl/setfacl)."""
+
+    def denied(self, path: str) -> set[str] | None:
+        """Users with a `user:NAME:---` entry; None when the filesystem or host has no ACLs."""
+        if shutil.which("getfacl") is None or shutil.which("setfacl") is None:
+            return None
+        done = subprocess.run(["getfacl", "-cp", "--", path], capture_output=True, text=True, timeout=60, check=False)
+        if done.returncode != 0:
+            if "not supported" in done.stderr.lower():
+                return None
+            raise CollabError(f"getfacl {path} failed: {done.stderr.strip()}")
+        found = set()
+        for line in done.stdout.splitlines():
+            parts = line.split("#", 1)[0].strip().split(":")
+            if len(parts) == 3 and parts[0] == "user" and parts[1] and parts[2] == "---":
+                found.add(parts[1])
+        return found
+
+    def _setfacl(self, *args: str) -> None:
+        done = subprocess.run(["setfacl", *args], capture_output=True, text=True, timeout=60, check=False)
+        if done.returncode != 0:
+            raise CollabError(f"setfacl {' '.join(args)} failed: {done.stderr.strip()}")
+
+    def deny(self, path: str, username: str) -> None:
+        self._setfacl("-m", f"u:{username}:---", "--", path)
+
+    def undeny(self, path: str, username: str) -> None:
+        self._setfacl("-x", f"u:{username}", "--", path)
 
 
 def _sss_cache(group: str, users: Sequence[str]) -> None:

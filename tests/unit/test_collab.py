@@ -43,6 +43,20 @@ class FakePosix:
         return str(self.group_root / group)
 
 
+class FakeAcl:
+    def __init__(self) -> None:
+        self.entries: dict[str, set[str]] = {}
+
+    def denied(self, path: str) -> set[str] | None:
+        return set(self.entries.get(path, set()))
+
+    def deny(self, path: str, username: str) -> None:
+        self.entries.setdefault(path, set()).add(username)
+
+    def undeny(self, path: str, username: str) -> None:
+        self.entries.get(path, set()).discard(username)
+
+
 class FakeStore:
     def __init__(self) -> None:
         self.policies: dict[str, tuple[list[str], int | None]] = {}
@@ -131,15 +145,20 @@ def world(directory: Directory, tmp_path: Path) -> dict[str, Any]:
         "store": FakeStore(),
         "mydb": FakeMyDB(),
         "slurm": FakeSlurm(),
+        "acl": FakeAcl(),
     }
     collabs = Collaborations(
         directory,
-        **parts,
+        posix=parts["posix"],
+        store=parts["store"],
+        mydb=parts["mydb"],
+        slurm=parts["slurm"],
         operators={"olivia"},
         group_dir_quota=2**40,
         bucket_quota=2**30,
         lock_dir=tmp_path / "locks",
         flush_cache=lambda group, users: flushed.append((group, list(users))),
+        acl=parts["acl"],
     )
     return {"c": collabs, "d": directory, "flushed": flushed, **parts}
 
@@ -451,3 +470,44 @@ def test_rgw_group_bucket_policy_denies_everyone_but_members_and_the_owner() -> 
     assert [s["Principal" if s["Effect"] == "Allow" else "NotPrincipal"] for s in emptied["Statement"]] == [
         {"AWS": ["arn:aws:iam:::user/grp.survey"]}
     ] * 2
+
+
+def test_a_removed_member_gets_a_no_access_acl_entry_until_added_again(world: dict[str, Any]) -> None:
+    c, acl = world["c"], world["acl"]
+    made = c.create("survey", "alice")
+    c.add_member("survey", "bob", by="alice")
+    assert acl.entries.get(made.directory, set()) == set()
+    c.remove_member("survey", "bob", by="alice")
+    # SSSD elsewhere trusts bob's cached membership for minutes: the ACL shuts him out everywhere now
+    assert acl.entries[made.directory] == {"bob"}
+    c.add_member("survey", "bob", by="alice")
+    assert acl.entries[made.directory] == set()
+    c.delete("survey", by="alice")
+    assert acl.entries[made.directory] == {"alice", "bob"}
+
+
+def test_posix_acl_reads_and_writes_named_user_entries(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[list[str]] = []
+
+    class Done:
+        def __init__(self, out: str = "", err: str = "", rc: int = 0) -> None:
+            self.stdout, self.stderr, self.returncode = out, err, rc
+
+    listing = "user::rwx\nuser:bob:---\nuser:carol:--x\ngroup::rwx\nmask::rwx\nother::---\n"
+
+    def run(argv: list[str], **kw: Any) -> Done:
+        calls.append(argv)
+        return Done(listing) if argv[0] == "getfacl" else Done()
+
+    monkeypatch.setattr(collab_mod.shutil, "which", lambda name: f"/usr/bin/{name}")
+    monkeypatch.setattr(collab_mod.subprocess, "run", run)
+    acl = collab_mod.PosixAcl()
+    assert acl.denied("/groups/survey") == {"bob"}  # carol's traverse-only entry is someone else's (a share)
+    acl.deny("/groups/survey", "dave")
+    acl.undeny("/groups/survey", "bob")
+    assert calls[1:] == [
+        ["setfacl", "-m", "u:dave:---", "--", "/groups/survey"],
+        ["setfacl", "-x", "u:bob", "--", "/groups/survey"],
+    ]
+    monkeypatch.setattr(collab_mod.subprocess, "run", lambda argv, **kw: Done(err="Operation not supported", rc=1))
+    assert acl.denied("/groups/survey") is None  # no ACLs there: nothing to do
