@@ -24,6 +24,7 @@ from tests.integration.test_mydb import User
 from tests.integration.test_storage import endpoint, error_code, s3  # noqa: F401 (endpoint: a fixture)
 
 PY = "/opt/sciplat/venv/bin/python"
+NOTEBOOK_PY = "/opt/sciplat/notebook/bin/python"  # the users' environment (jupyter_server) on compute nodes
 
 
 def on_hub(gw: Any, *args: str) -> Any:
@@ -90,6 +91,15 @@ def test_a_folder_shared_read_only_then_read_write_then_unshared(
     shares.append(share["id"])
     assert share["target"] == f"{home}/proj" and share["mode"] == "ro"
     assert share["link"] == f"/hub/user-redirect/lab/tree/shared/{a['name']}/proj"
+    # the link opens in B's JupyterLab: its contents API (rooted at B's home) serves the folder, read-only
+    code = (
+        "import json; from jupyter_server.services.contents.filemanager import FileContentsManager as M; "
+        f"m = M(root_dir='/home/{b['name']}'); path = share['link'].split('/lab/tree/', 1)[1]; "
+        "d = m.get(path); f = m.get(path + '/data.txt'); "
+        "print(json.dumps([d['type'], [c['name'] for c in d['content']], f['content'], f['writable']]))"
+    ).replace("share['link']", repr(share["link"]))
+    served = json.loads(ok(b["c1"].run(f"{NOTEBOOK_PY} -c {shlex.quote(code)}")))
+    assert served == ["directory", ["data.txt"], "result\n", False]
     # B reads through the link in their own home, on a compute node, and cannot write
     assert ok(b["c1"].run(f"cat ~/shared/{a['name']}/proj/data.txt")).strip() == "result"
     assert b["c1"].run(f"echo x > {home}/proj/fromb.txt").rc != 0
