@@ -148,7 +148,11 @@ def configure(c: Any, settings: dict[str, Any]) -> None:
     if settings.get("api_token"):
         # the platform API's scopes; every user holds them (tokens made with fewer are refused there)
         hub.custom_scopes = CUSTOM_SCOPES
-        hub.load_roles = [*hub.load_roles, {"name": "user", "scopes": ["self", *sorted(CUSTOM_SCOPES)]}]
+        # (access:services!service=...: a browser may sign in to the API through the hub's OAuth)
+        hub.load_roles = [
+            *hub.load_roles,
+            {"name": "user", "scopes": ["self", f"access:services!service={API_SERVICE}", *sorted(CUSTOM_SCOPES)]},
+        ]
 
     hub.authenticator_class = "sciplat_hub.hub_auth.SciplatAuthenticator"
     c.Authenticator.admin_users = set(settings["admin_users"])
