@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from tests.integration.conftest import CA_CERT, INVENTORY, PUBLIC_URL, ca_cert, deployed, host_of  # noqa: F401
-from tests.integration.test_hub import PASSWORD, new_approved_user
+from tests.integration.test_hub import PASSWORD, api, new_approved_user
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 ARTIFACTS = INVENTORY / "logs" / "e2e"  # beside the deploy logs (not committed)
@@ -37,7 +37,8 @@ def test_platform_page_shows_quotas_and_groups_and_creates_a_group(
     ca_cert: Path,  # noqa: F811
 ) -> None:
     gw = host_of("gw")
-    name = new_approved_user("pp", ca_cert)["name"]
+    user = new_approved_user("pp", ca_cert)
+    name = user["name"]
     provisioned = gw.run(f"{PY} -m sciplat_hub.provision --json {name}")
     assert provisioned.rc == 0, provisioned.stdout + provisioned.stderr
     group = f"page-{secrets.token_hex(3)}"
@@ -77,6 +78,16 @@ def test_platform_page_shows_quotas_and_groups_and_creates_a_group(
                     "Leave",
                 ]
                 page.screenshot(path=str(ARTIFACTS / "platform-page.png"), full_page=True)
+                # a refusal: the API's sentence on the page (nobody has this name: names start with a letter)
+                missing = f"nobody{secrets.token_hex(3)}"
+                card.locator("input[name=user]").fill(missing)
+                card.locator("button", has_text="Add").click()
+                page.wait_for_url("**/hub/platform")
+                flash = page.locator("#platform-flash")
+                assert "alert-danger" in (flash.get_attribute("class") or "")
+                assert missing in flash.inner_text() and "account" in flash.inner_text(), flash.inner_text()
+                page.reload()
+                assert page.locator("#platform-flash").count() == 0, "the outcome is shown once"
             except Exception:
                 page.screenshot(path=str(ARTIFACTS / "platform-page-failed.png"), full_page=True)
                 raise
@@ -86,3 +97,7 @@ def test_platform_page_shows_quotas_and_groups_and_creates_a_group(
         gw.run(f"{PY} -m sciplat_hub.collab delete {group}")
         gw.run(f"{PY} -m sciplat_hub.collab purge {group} --yes")
     assert (ARTIFACTS / "platform-page.png").stat().st_size > 10_000
+    # the page's own tokens (one per page view) were deleted when each view was done
+    tokens = api(user["token"], "GET", f"/hub/api/users/{name}/tokens", ca_cert)
+    assert tokens.status_code == 200, tokens.text
+    assert not [t for t in tokens.json()["api_tokens"] if t.get("note") == "the hub's platform page"]
