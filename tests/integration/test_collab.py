@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from tests.integration.conftest import wait_for
 from tests.integration.test_hub import new_approved_user
 from tests.integration.test_mydb import User
 from tests.integration.test_storage import endpoint, error_code, s3  # noqa: F401  (endpoint: a fixture)
@@ -80,7 +81,7 @@ def sbatch(user: User) -> Any:
 
 
 def test_a_group_reaches_every_component_and_removal_revokes_all(
-    gw: Any, people: dict[str, Any], ca_cert: Path
+    gw: Any, people: dict[str, Any], ca_cert: Path, host_of: Callable[[str], Any]
 ) -> None:
     a, b, creds = people["a"], people["b"], people["creds"]
     made = groups_cmd(gw, "--as", a.name, "create", GROUP, "--description", "integration test")
@@ -115,11 +116,17 @@ def test_a_group_reaches_every_component_and_removal_revokes_all(
     job_id = job.stdout.strip().split(";")[0]
     assert gw.check_output(f"squeue -h -j {job_id} -o %a").strip() == GROUP
 
+    # a compute node learns B's membership (and caches it: SSSD trusts it for minutes)
+    c1 = host_of("c1")
+    wait_for("B's group on c1", lambda: c1.run(f"runuser -u {b.name} -- ls /groups/{GROUP}").rc == 0, timeout=60)
+
     removed = groups_cmd(gw, "--as", a.name, "remove", GROUP, b.name)
     assert removed["members"] == [a.name]
 
     # B: refused everywhere, at once
     done = files(b, "list")
+    assert done.rc != 0 and "Permission denied" in done.stderr, (done.stdout, done.stderr)
+    done = c1.run(f"runuser -u {b.name} -- ls /groups/{GROUP}")  # on c1 too, despite its cache
     assert done.rc != 0 and "Permission denied" in done.stderr, (done.stdout, done.stderr)
     assert error_code(lambda: b_s3.get_object(Bucket=bucket, Key="a.txt")) == "AccessDenied"
     assert error_code(lambda: b_s3.get_object(Bucket=bucket, Key="b.txt")) == "AccessDenied"  # B's own upload too
