@@ -31,10 +31,12 @@ A user who is neither a member nor an operator is told the collaboration does no
 
 Removing a member revokes everything at once: the directory entry first (provisioning
 reads the groups from it, so a later sign-in never adds the member back), then the
-bucket policy, the database role (and its open sessions), the Slurm association (and the
-member's queued and running jobs charged to it), and SSSD's cache on this host (other
-hosts trust a cached membership for up to ``ldap_client_entry_cache_timeout``, 60 s; a
-process that was already running keeps the group it started with until it ends).
+bucket policy (which also denies everyone else explicitly: an object stays owned by its
+uploader), the database role (and its open sessions), the Slurm association (and the
+member's queued and running jobs charged to it), SSSD's cache on this host, and a
+no-access ACL entry for them on the group directory: SSSD on other hosts trusts a cached
+membership for minutes and running processes keep their groups, but a named-user ACL
+entry is checked first, on every host.
 Deleting revokes every member the same way and keeps the data; purging removes it.
 
 Every operation is idempotent: it sets the directory as asked and then makes every
