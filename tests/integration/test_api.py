@@ -206,6 +206,63 @@ def test_abort_cancels_a_job(user: dict[str, Any], ca_cert: Path, host_of: Calla
     assert queue.strip() in ("", "CANCELLED", "COMPLETING"), queue
 
 
+def _wait_ended(token: str, job_id: str, ca_cert: Path) -> dict[str, Any]:
+    def ended() -> dict[str, Any] | None:
+        job = call(token, "GET", f"/jobs/{job_id}", ca_cert).json()
+        return job if job["phase"] in ("COMPLETED", "ERROR", "ABORTED") else None
+
+    return dict(wait_for(f"job {job_id} to end", ended, timeout=120, every=2))
+
+
+def test_a_member_charges_jobs_to_the_group_until_removed(
+    user: dict[str, Any], ca_cert: Path, host_of: Callable[[str], Any]
+) -> None:
+    """Groups through the API: A creates one and adds B; B's job is charged to its Slurm account; after
+    A removes B, B can neither see the group nor charge it."""
+    gw = host_of("gw")
+    member = new_approved_user("apim", ca_cert)
+    assert gw.run(f"{PY} -m sciplat_hub.provision --json {member['name']}").rc == 0
+    group = "g-" + user["name"]
+    try:
+        created = call(user["token"], "POST", "/groups", ca_cert, json={"name": group, "description": "API test"})
+        assert created.status_code == 201, created.text
+        assert created.json()["owners"] == [user["name"]] and created.json()["slurm_account"] == group
+        again = call(user["token"], "POST", "/groups", ca_cert, json={"name": group})
+        assert again.status_code == 409 and isinstance(again.json()["detail"], str)
+        assert call(user["token"], "POST", "/groups", ca_cert, json={"name": "Bad!"}).status_code == 422
+        assert call(member["token"], "GET", f"/groups/{group}", ca_cert).status_code == 404
+        added = call(
+            user["token"], "PUT", f"/groups/{group}/members/{member['name']}", ca_cert, json={"role": "member"}
+        )
+        assert added.status_code == 200, added.text
+        assert member["name"] in added.json()["members"]
+        assert group in call(member["token"], "GET", "/me", ca_cert).json()["groups"]
+        # a member may not add others
+        refused = call(
+            member["token"], "PUT", f"/groups/{group}/members/{user['name']}", ca_cert, json={"role": "owner"}
+        )
+        assert refused.status_code == 403, refused.text
+
+        job = call(member["token"], "POST", "/jobs", ca_cert, json={"script": "echo charged", "account": group})
+        assert job.status_code == 201, job.text
+        done = _wait_ended(member["token"], job.json()["id"], ca_cert)
+        assert done["phase"] == "COMPLETED" and done["account"] == group, done
+        accounts = [a["account"] for a in call(member["token"], "GET", "/allocations", ca_cert).json()]
+        assert group in accounts
+
+        removed = call(user["token"], "DELETE", f"/groups/{group}/members/{member['name']}", ca_cert)
+        assert removed.status_code == 200 and member["name"] not in removed.json()["members"]
+        assert call(member["token"], "GET", f"/groups/{group}", ca_cert).status_code == 404
+        denied = call(member["token"], "POST", "/jobs", ca_cert, json={"script": "echo again", "account": group})
+        assert denied.status_code == 422 and denied.json()["detail"].startswith("Slurm refused the job"), denied.text
+
+        deleted = call(user["token"], "DELETE", f"/groups/{group}", ca_cert)
+        assert deleted.status_code == 200 and deleted.json()["deleted"] is True
+    finally:
+        gw.run(f"{PY} -m sciplat_hub.collab delete {group}")
+        gw.run(f"{PY} -m sciplat_hub.collab purge {group} --yes")
+
+
 def test_schemathesis_finds_no_server_error(user: dict[str, Any], ca_cert: Path, tmp_path: Path) -> None:
     """A bounded property-based run of every read and of POST .../phase (safe for a throw-away user)."""
     started = time.monotonic()
