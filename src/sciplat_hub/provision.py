@@ -15,7 +15,9 @@ skipped with a log line otherwise (the component is not deployed, or not yet).
    directory on this host's own disk);
 3. ``storage``: S3 credentials, the home bucket and the group buckets;
 4. ``mydb``: the personal database and ``~/.pgpass``;
-5. ``slurm``: the user's association under their group account.
+5. ``slurm``: the user's association under their group account;
+6. ``sharing``: links ``~/shared/<owner>/<name>`` to what is shared with the user
+   (a failure is only logged).
 
 Every step is idempotent, so a failure is retried in full at the next sign-in:
 the server does not start until every available step succeeded, and the user
@@ -326,6 +328,26 @@ class SlurmStep(_ComponentStep):
         ctx.env["SCIPLAT_SLURM_ACCOUNT"] = account
 
 
+class SharingStep(_ComponentStep):
+    """Links ~/shared/<owner>/<name> to what is shared with the user (sciplat_hub.sharing).
+
+    A failure here is logged and does not stop the server from starting: the links are a
+    convenience, the access itself (ACLs) does not depend on them.
+    """
+
+    name = "sharing"
+    component = "mydb"  # the share registry
+    module = "sciplat_hub.sharing"
+
+    def run(self, ctx: Context) -> None:
+        from sciplat_hub import sharing  # type: ignore[attr-defined]
+
+        try:
+            sharing.Sharing.from_host_config().sync_user(ctx.username)
+        except Exception:  # see the docstring
+            log.warning("provision %s: no links to what is shared with them", ctx.username, exc_info=True)
+
+
 def default_steps() -> list[Step]:
     return [
         DirectoryStep(),
@@ -335,6 +357,7 @@ def default_steps() -> list[Step]:
         StorageStep(),
         MyDBStep(),
         SlurmStep(),
+        SharingStep(),
     ]
 
 

@@ -663,8 +663,12 @@ class Sharing:
                 with contextlib.suppress(FileNotFoundError):
                     if self._acl(str(folder)).get(qualifier) == "--x":
                         self._setfacl(["setfacl", "-x", qualifier, "--", str(folder)])
-        for user, link in dict(detail.get("links") or {}).items():
-            self._unlink(user, share.owner, PurePosixPath(link).name, path)
+        recipients = set(dict(detail.get("links") or {}))
+        with contextlib.suppress(NotFound):  # links made at sign-in (sync_user) are not recorded
+            recipients |= set(self._recipients(share.grantee, share.owner))
+        name = detail.get("link_name") or PurePosixPath(path).name
+        for user in sorted(recipients):
+            self._unlink(user, share.owner, name, path)
 
     def _reapply_paths(self, conn: Any, grantee: str, *, exclude: str, after: str | None = None) -> None:
         """Apply the other path shares to grantee again, outer before inner (the inner one wins).
@@ -682,6 +686,59 @@ class Sharing:
                 log.warning("share %s could not be applied again: %s", share.id, exc)
 
     # recipients' symlinks ~/shared/<owner>/<name>
+
+    def sync_user(self, username: str) -> list[str]:
+        """At sign-in: a link for every file or folder shared with the user; links of ended shares go.
+
+        Catches up what happened while the user had no home yet or was not yet in a group. Only
+        symlinks into the homes or group directories are ever removed, never the user's own files.
+        """
+        grantees = [f"user:{username}"] + [f"group:{g}" for g in self._groups_of(username)]
+        with self._registry() as conn:
+            rows = self._rows(conn, "grantee = ANY(%s) AND owner <> %s AND kind = 'path'", [grantees, username])
+        wanted: dict[tuple[str, str], str] = {}
+        for share, detail in rows:
+            name, target = detail.get("link_name"), detail.get("path") or share.target
+            if name and self._link(username, share.owner, name, target):
+                wanted[(share.owner, name)] = target
+        self._prune_links(username, wanted)
+        return sorted(f"{SHARED_DIR}/{owner}/{name}" for owner, name in wanted)
+
+    def _prune_links(self, user: str, wanted: dict[tuple[str, str], str]) -> None:
+        home_root, group_root = self._roots()
+        try:
+            home, uid, _ = self._home_of(user)
+        except NotFound:
+            return
+        home_fd = self._open_dir(str(home), None, uid)
+        if home_fd is None:
+            return
+        try:
+            shared_fd = self._open_dir(SHARED_DIR, home_fd, uid)
+            if shared_fd is None:
+                return
+            try:
+                for owner in os.listdir(shared_fd):
+                    owner_fd = self._open_dir(owner, shared_fd, uid)
+                    if owner_fd is None:
+                        continue
+                    try:
+                        for name in os.listdir(owner_fd):
+                            try:
+                                target = os.readlink(name, dir_fd=owner_fd)
+                            except OSError:
+                                continue  # not a symlink: the user's own
+                            ours = target.startswith((f"{home_root}/", f"{group_root}/"))
+                            if ours and wanted.get((owner, name)) != target:
+                                os.unlink(name, dir_fd=owner_fd)
+                    finally:
+                        os.close(owner_fd)
+                    with contextlib.suppress(OSError):  # only when empty
+                        os.rmdir(owner, dir_fd=shared_fd)
+            finally:
+                os.close(shared_fd)
+        finally:
+            os.close(home_fd)
 
     def _sync_links(self, owner: str, grantee: str, target: str, name: str, old: dict[str, str]) -> dict[str, str]:
         links: dict[str, str] = {}

@@ -182,6 +182,10 @@ def test_a_folder_shared_with_a_group_reaches_its_members_and_follows_the_member
         ok(b["gw"].run(f"echo reply > ~/shared/{a['name']}/team/reply.md"))
         assert ok(a["gw"].run("cat ~/team/reply.md")).strip() == "reply"
         assert share["id"] in [s["id"] for s in on_hub(gw, "list", b["name"])["with_me"]]
+        # a link B removed comes back at B's next sign-in (provisioning links what is shared with B)
+        ok(b["gw"].run(f"rm ~/shared/{a['name']}/team"))
+        provision(gw, b["name"])
+        assert ok(b["gw"].run(f"cat ~/shared/{a['name']}/team/reply.md")).strip() == "reply"
         # removed from the group: the ACL no longer applies, and refresh takes the link away
         ok(gw.run(f"{collab} remove {group} {b['name']}"))
         on_hub(gw, "refresh", f"group:{group}")

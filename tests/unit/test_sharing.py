@@ -336,3 +336,19 @@ def test_sharing_with_an_unknown_user_or_group_is_not_found(tmp_path: Path) -> N
         sharing.create("alice", "path", "x", "user:alice")
     with pytest.raises(Invalid, match="kind"):
         sharing.create("alice", "file", "x", "user:bob")
+
+
+def test_sign_in_prunes_links_of_ended_shares_and_nothing_of_the_users_own(tmp_path: Path) -> None:
+    sharing = sharing_in(tmp_path)
+    alice = tmp_path / "home" / "alice"
+    kept = str(alice / "x")
+    assert sharing._link("bob", "alice", "x", kept) is not None
+    assert sharing._link("bob", "alice", "old", str(alice / "old")) is not None
+    assert sharing._link("bob", "carol", "gone", str(tmp_path / "home" / "carol" / "gone")) is not None
+    shared = tmp_path / "home" / "bob" / "shared"
+    (shared / "alice" / "mine.txt").write_text("bob's own file")
+    (shared / "alice" / "etc").symlink_to("/etc")  # bob's own link elsewhere
+    sharing._prune_links("bob", {("alice", "x"): kept})
+    assert sorted(p.name for p in (shared / "alice").iterdir()) == ["etc", "mine.txt", "x"]
+    assert os.readlink(shared / "alice" / "x") == kept
+    assert not (shared / "carol").exists()
