@@ -215,7 +215,7 @@ COMMANDS: dict[str, tuple[Command, Callable[[Any], str]]] = {
     "jobs list": (lambda c, a: c.jobs(), show_jobs),
     "jobs show": (lambda c, a: c.job(a.id), show_job),
     "jobs wait": (lambda c, a: c.wait(a.id, a.timeout), show_job),
-    "jobs results": (lambda c, a: c.results(a.id), lambda r: r["stdout"] + (r["stderr"] and "\n" + r["stderr"])),
+    "jobs results": (lambda c, a: c.results(a.id), lambda r: (r["stdout"] + r["stderr"]).rstrip("\n")),
     "jobs cancel": (lambda c, a: c.cancel(a.id), show_job),
 }
 

@@ -94,3 +94,31 @@ def test_groups_create_add_list_remove(users: dict[str, dict[str, Any]], ca_cert
     removed = json.loads(client(a["token"], "groups", "remove", GROUP, b["name"], "--json", ca=ca_cert).stdout)
     assert removed["members"] == [a["name"]]
     assert json.loads(client(b["token"], "groups", "list", "--json", ca=ca_cert).stdout) == []
+
+
+def test_share_a_notebook_and_run_a_job(
+    users: dict[str, dict[str, Any]], host_of: Callable[[str], Any], ca_cert: Path, tmp_path: Path
+) -> None:
+    a, b = users["a"], users["b"]
+    notebook = f"fit-{secrets.token_hex(2)}.ipynb"
+    made = host_of("gw").run(f"runuser -u {a['name']} -- sh -c 'echo {{}} > /home/{a['name']}/{notebook}'")
+    assert made.rc == 0, made.stderr
+    share = json.loads(
+        client(a["token"], "shares", "create", notebook, f"user:{b['name']}", "--json", ca=ca_cert).stdout
+    )
+    assert share["mode"] == "ro" and share["link"].startswith("/hub/user-redirect/lab/tree/")
+    with_b = json.loads(client(b["token"], "shares", "list", "--json", ca=ca_cert).stdout)["with_me"]
+    assert [(s["id"], s["owner"], s["link"]) for s in with_b] == [(share["id"], a["name"], share["link"])]
+    client(a["token"], "shares", "delete", share["id"], ca=ca_cert)
+    assert json.loads(client(b["token"], "shares", "list", "--json", ca=ca_cert).stdout)["with_me"] == []
+
+    script = tmp_path / "hello.sh"
+    script.write_text("#!/bin/sh\necho hello from $(id -un)\n")
+    job = json.loads(
+        client(a["token"], "jobs", "submit", str(script), "--wait", "--timeout", "150", "--json", ca=ca_cert).stdout
+    )
+    assert (job["phase"], job["exit_code"]) == ("COMPLETED", 0), job
+    assert client(a["token"], "jobs", "results", job["id"], ca=ca_cert).stdout == f"hello from {a['name']}\n"
+    mine = json.loads(client(a["token"], "jobs", "list", "--json", ca=ca_cert).stdout)
+    assert job["id"] in [j["id"] for j in mine]
+    assert client(b["token"], "jobs", "show", job["id"], ca=ca_cert, check=False).returncode == 1, "not B's job"
