@@ -700,3 +700,48 @@ def test_every_operation_names_its_scope_in_the_openapi_document() -> None:
     }
     expected = {(method, _template(path)): [scope] for method, path, scope, _ in ENDPOINTS}
     assert scopes == {**expected, ("GET", "/api/v1/health"): None}
+
+
+# ------------------------------------------------------------------ the components' adapter
+
+
+def test_absent_components_give_null_and_no_allocations() -> None:
+    from sciplat_hub.api.platform import Platform
+
+    platform = Platform(deployed=lambda component: False)
+    assert platform.home_usage("alice") == (None, None)
+    assert platform.bucket_usage("alice") == (None, None)
+    assert platform.mydb_usage("alice") == (None, None)
+    assert platform.core_hours("alice") is None
+    assert platform.s3_credentials("alice") is None and platform.mydb_credentials("alice") is None
+    assert platform.allocations("alice") == []
+
+
+def test_allocations_are_the_accounts_the_user_is_in(monkeypatch: pytest.MonkeyPatch) -> None:
+    from sciplat_hub import slurm_accounts
+    from sciplat_hub.api.platform import Platform
+
+    rows = [
+        slurm_accounts.Allocation("astro", 100.0, 12.5, "2027-01-31", {"alice": 2.25, "bob": 10.25}),
+        slurm_accounts.Allocation("default", None, 3.0, None, {"alice": 1.0}),
+        slurm_accounts.Allocation("secret", 50.0, 1.0, None, {"carol": 1.0}),
+    ]
+
+    class Accounts:
+        def allocations(self) -> list[slurm_accounts.Allocation]:
+            return rows
+
+    monkeypatch.setattr(slurm_accounts.SlurmAccounts, "from_host_config", classmethod(lambda cls: Accounts()))
+    platform = Platform(deployed=lambda component: component == "slurm")
+    found = platform.allocations("alice")
+    assert [a["account"] for a in found] == ["astro", "default"]
+    assert found[0] == {
+        "account": "astro",
+        "core_hours_awarded": 100.0,
+        "core_hours_used": 12.5,
+        "core_hours_remaining": 87.5,
+        "core_hours_mine": 2.25,
+        "until": "2027-01-31",
+    }
+    assert found[1]["core_hours_awarded"] is None and found[1]["core_hours_remaining"] is None
+    assert platform.core_hours("alice") == 3.25
