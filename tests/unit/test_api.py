@@ -544,7 +544,10 @@ def test_oauth_sign_in_sets_a_cookie_that_works_for_reads_and_same_site_changes(
     assert forged.status_code == 403 and "this site" in forged.json()["detail"]
     same = client.post("/api/v1/groups", json={"name": "viacookie"}, headers={"Origin": "https://testserver"})
     assert same.status_code == 201
-    assert client.get("/api/oauth_login?next=//evil.example", follow_redirects=False).status_code == 302
+    for evil in ("//evil.example", "/\\evil.example", "https://evil.example"):
+        client.get("/api/oauth_login", params={"next": evil}, follow_redirects=False)
+        assert client.cookies.get("sciplat-api-oauth-state", "").endswith("%2Fhub%2Fhome"), evil
+    assert client.get("/api/docs").status_code == 404  # no Swagger UI (it would load scripts from a CDN)
 
 
 # ------------------------------------------------------------------ jobs (UWS)

@@ -146,7 +146,7 @@ def create_app(backends: Backends, *, public_url: str = "") -> FastAPI:
             'with fewer. Errors are `{"detail": "<sentence>"}`.'
         ),
         openapi_url="/api/openapi.json",
-        docs_url="/api/docs",
+        docs_url=None,  # Swagger UI would load its scripts from a CDN; the reference is in the docs
         redoc_url=None,
         servers=[{"url": public_url.rstrip("/") or "/"}],
     )
@@ -252,7 +252,8 @@ def create_app(backends: Backends, *, public_url: str = "") -> FastAPI:
 
     @app.get("/api/oauth_login", include_in_schema=False)
     async def oauth_login(next: str = "/hub/home") -> Response:
-        target = next if next.startswith("/") and not next.startswith("//") else "/hub/home"
+        # a path on this site only: "//host" and "/\\host" would leave it
+        target = next if next.startswith("/") and next[1:2] not in ("/", "\\") else "/hub/home"
         state = secrets.token_urlsafe(24)
         answer = RedirectResponse(auth.authorize_url(state), status_code=302)
         answer.set_cookie(
