@@ -11,6 +11,7 @@ and see it listed with themselves as its owner. The screenshot is kept as
 
 from __future__ import annotations
 
+import re
 import secrets
 import shutil
 from collections.abc import Callable
@@ -32,15 +33,29 @@ pytestmark = [
 ]
 
 
+def sign_in(page: Any, name: str) -> None:
+    page.goto(PUBLIC_URL + "/hub/login")
+    page.fill("#username_input", name)
+    page.fill("#password_input", PASSWORD)
+    page.click("#login_submit")
+    page.wait_for_url("**/hub/home**")
+
+
+def provisioned_user(gw: Any, prefix: str, ca_cert: Path) -> dict[str, Any]:  # noqa: F811
+    """A new signed-in user (test_hub.new_approved_user) with the accounts of a first server start."""
+    user = new_approved_user(prefix, ca_cert)
+    done = gw.run(f"{PY} -m sciplat_hub.provision --json {user['name']}")
+    assert done.rc == 0, done.stdout + done.stderr
+    return user
+
+
 def test_platform_page_shows_quotas_and_groups_and_creates_a_group(
     host_of: Callable[[str], Any],  # noqa: F811
     ca_cert: Path,  # noqa: F811
 ) -> None:
     gw = host_of("gw")
-    user = new_approved_user("pp", ca_cert)
+    user = provisioned_user(gw, "pp", ca_cert)
     name = user["name"]
-    provisioned = gw.run(f"{PY} -m sciplat_hub.provision --json {name}")
-    assert provisioned.rc == 0, provisioned.stdout + provisioned.stderr
     group = f"page-{secrets.token_hex(3)}"
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     try:
@@ -49,11 +64,7 @@ def test_platform_page_shows_quotas_and_groups_and_creates_a_group(
             page = browser.new_page(ignore_https_errors=True, viewport={"width": 1280, "height": 1000})
             page.set_default_timeout(60_000)
             try:
-                page.goto(PUBLIC_URL + "/hub/login")
-                page.fill("#username_input", name)
-                page.fill("#password_input", PASSWORD)
-                page.click("#login_submit")
-                page.wait_for_url("**/hub/home**")
+                sign_in(page, name)
                 page.click("#nav-platform")
                 page.wait_for_url("**/hub/platform")
                 assert page.locator(".platform-error").count() == 0, page.locator(".platform-error").all_inner_texts()
@@ -101,3 +112,50 @@ def test_platform_page_shows_quotas_and_groups_and_creates_a_group(
     tokens = api(user["token"], "GET", f"/hub/api/users/{name}/tokens", ca_cert)
     assert tokens.status_code == 200, tokens.text
     assert not [t for t in tokens.json()["api_tokens"] if t.get("note") == "the hub's platform page"]
+
+
+def test_a_notebook_shared_on_the_page_is_listed_for_the_recipient_with_its_link(
+    host_of: Callable[[str], Any],  # noqa: F811
+    ca_cert: Path,  # noqa: F811
+) -> None:
+    gw = host_of("gw")
+    a, b = provisioned_user(gw, "ps", ca_cert), provisioned_user(gw, "ps", ca_cert)
+    notebook = f"fit-{secrets.token_hex(2)}.ipynb"
+    made = gw.run(f"runuser -u {a['name']} -- sh -c 'echo {{}} > /home/{a['name']}/{notebook}'")
+    assert made.rc == 0, made.stderr
+
+    def shared_with_b() -> list[str]:
+        # B's own view of the page (B's signed-in session): the links of what is shared with B
+        seen = b["session"].get(PUBLIC_URL + "/hub/platform", timeout=60)
+        assert seen.status_code == 200 and "platform-error" not in seen.text
+        return re.findall(r'<a href="([^"]+)" target="_blank" rel="noopener">Open in JupyterLab</a>', seen.text)
+
+    with playwright_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--ignore-certificate-errors"])
+        page = browser.new_page(ignore_https_errors=True, viewport={"width": 1280, "height": 1000})
+        page.set_default_timeout(60_000)
+        try:
+            sign_in(page, a["name"])
+            page.goto(PUBLIC_URL + "/hub/platform")
+            page.select_option("#share-kind", "path")
+            page.fill("#share-target", notebook)
+            page.select_option("#share-grantee-kind", "user")
+            page.fill("#share-grantee", b["name"])
+            page.locator("#share-form button[type=submit]").click()
+            page.wait_for_url("**/hub/platform")
+            assert (
+                page.locator("#platform-flash").inner_text()
+                == f"You shared {notebook} with user:{b['name']} (read-only)."
+            )
+            assert b["name"] in page.locator("#shared-by-me").inner_text()
+            assert shared_with_b() == [f"/hub/user-redirect/lab/tree/shared/{a['name']}/{notebook}"]
+            page.locator("#shared-by-me button", has_text="Stop sharing").click()
+            page.wait_for_url("**/hub/platform")
+            assert page.locator("#platform-flash").inner_text() == "You stopped sharing it."
+            assert page.locator("#shared-by-me").count() == 0
+            assert shared_with_b() == []
+        except Exception:
+            page.screenshot(path=str(ARTIFACTS / "platform-share-failed.png"), full_page=True)
+            raise
+        finally:
+            browser.close()
