@@ -259,6 +259,7 @@ class FakeSlurm:
         self.calls: list[list[str]] = []
         self.scripts: list[str] = []
         self.not_yet_accounted: set[str] = set()  # jobs slurmdbd does not know yet (sacct lags)
+        self.controller_down = False
 
     def run(self, argv: Sequence[str], stdin: str | None) -> subprocess.CompletedProcess[str]:
         argv = list(argv)
@@ -270,6 +271,13 @@ class FakeSlurm:
         if argv[0] == "mkdir":
             pass
         elif argv[0] == "sbatch":
+            if self.controller_down:
+                return subprocess.CompletedProcess(
+                    argv,
+                    1,
+                    "",
+                    "sbatch: error: Batch job submission failed: Unable to contact slurm controller (connect failure)",
+                )
             if any(a == "--account=nope" for a in argv):
                 return subprocess.CompletedProcess(argv, 1, "", "sbatch: error: Invalid account or account/partition")
             job_id = str(100 + len(self.jobs))
@@ -588,6 +596,9 @@ def test_a_job_is_submitted_as_the_user_in_their_home(bed: Bed) -> None:
     assert bed.slurm.scripts == ["#!/bin/bash\necho hi"]
     refused = call(bed, "POST", "/api/v1/jobs", json={"script": "echo hi", "account": "nope"})
     assert refused.status_code == 422 and refused.json()["detail"].startswith("Slurm refused the job: Invalid account")
+    bed.slurm.controller_down = True
+    down = call(bed, "POST", "/api/v1/jobs", json={"script": "echo hi"})
+    assert down.status_code == 503 and "controller cannot be reached" in down.json()["detail"]
 
 
 def test_another_users_job_is_not_found(bed: Bed) -> None:

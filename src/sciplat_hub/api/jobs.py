@@ -46,6 +46,8 @@ _EXECUTING = {
 }
 _ERROR = {"FAILED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE", "PREEMPTED", "SPECIAL_EXIT"}
 _HELD_REASONS = ("JobHeldUser", "JobHeldAdmin", "BeginTime")
+# sbatch's words when slurmctld is down or busy: not the job's fault
+_UNREACHABLE = ("Unable to contact slurm controller", "Socket timed out", "Slurm backup controller in standby mode")
 
 
 class JobsError(Exception):
@@ -163,7 +165,8 @@ class Jobs:
     def _rows(self, argv: Sequence[str]) -> list[list[str]]:
         done = self._run(argv, None)
         if done.returncode != 0:
-            log.warning("%s failed: %s", argv[0], done.stderr.strip())
+            if "Invalid job id" not in done.stderr:  # squeue's answer for a job it no longer holds
+                log.warning("%s failed: %s", argv[0], done.stderr.strip())
             return []
         return [line.split("|") for line in done.stdout.splitlines() if line.strip()]
 
@@ -286,6 +289,8 @@ class Jobs:
         if request.mem:
             argv.append(f"--mem={request.mem}")
         done = self._as_user(user, argv, script)
+        if done.returncode != 0 and any(text in done.stderr for text in _UNREACHABLE):
+            raise JobsError(503, "Slurm's controller cannot be reached right now; submit again in a minute.")
         if done.returncode != 0:
             message = done.stderr.strip().removeprefix("sbatch: error: ").replace("\nsbatch: error: ", "; ")
             raise JobsError(422, f"Slurm refused the job: {message or 'sbatch failed'}")
