@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.test_hub import new_approved_user
+from tests.integration.test_hub import api, new_approved_user
 from tests.integration.test_mydb import User
 from tests.integration.test_storage import endpoint, error_code, s3  # noqa: F401 (endpoint: a fixture)
 
@@ -58,9 +58,15 @@ def users(gw: Any, c1: Any, ca_cert: Path) -> dict[str, dict[str, Any]]:
     """Owner A and recipient B: name, provisioned environment, a runner on gw and one on c1."""
     found = {}
     for role in ("a", "b"):
-        name = new_approved_user(f"sh{role}", ca_cert)["name"]
-        env = provision(gw, name)
-        found[role] = {"name": name, "env": env, "gw": User(gw, name, env), "c1": User(c1, name, env)}
+        user = new_approved_user(f"sh{role}", ca_cert)
+        name, env = user["name"], provision(gw, user["name"])
+        found[role] = {
+            "name": name,
+            "token": user["token"],
+            "env": env,
+            "gw": User(gw, name, env),
+            "c1": User(c1, name, env),
+        }
     return found
 
 
@@ -273,3 +279,29 @@ def test_every_user_reads_the_public_area_and_a_plain_user_cannot_write_there(
     assert b["c1"].run(f"echo x > {area}/from-b").rc != 0
     assert b["gw"].run(f"mkdir {area}/b-dir").rc != 0
     gw.run(f"rm -f {area}/README-sharing-test")
+
+
+def test_the_platform_api_shares_for_the_signed_in_user(
+    users: dict[str, dict[str, Any]], shares: list[str], ca_cert: Path
+) -> None:
+    a, b = users["a"], users["b"]
+    if api(a["token"], "GET", "/api/v1/health", ca_cert).status_code != 200:
+        pytest.skip("the platform API is not deployed on this bed")
+    ok(a["gw"].run("umask 077 && mkdir -p ~/nb && echo '{}' > ~/nb/fit.ipynb"))
+    body = {"kind": "path", "target": "nb/fit.ipynb", "grantee": f"user:{b['name']}", "mode": "ro"}
+    made = api(a["token"], "POST", "/api/v1/shares", ca_cert, json=body)
+    assert made.status_code == 201, made.text
+    share = made.json()
+    shares.append(share["id"])
+    assert share["owner"] == a["name"] and share["link"].endswith(f"/shared/{a['name']}/fit.ipynb")
+    listed = api(b["token"], "GET", "/api/v1/shares", ca_cert).json()
+    assert share["id"] in [s["id"] for s in listed["with_me"]]
+    assert ok(b["gw"].run(f"cat ~/shared/{a['name']}/fit.ipynb")).strip() == "{}"
+    refused = api(
+        b["token"], "POST", "/api/v1/shares", ca_cert, json={**body, "target": "../x", "grantee": f"user:{a['name']}"}
+    )
+    assert refused.status_code == 422 and "'..'" in refused.json()["detail"]
+    assert api(b["token"], "DELETE", f"/api/v1/shares/{share['id']}", ca_cert).status_code == 403
+    assert api(a["token"], "DELETE", f"/api/v1/shares/{share['id']}", ca_cert).status_code == 204
+    shares.remove(share["id"])
+    assert b["gw"].run(f"cat /home/{a['name']}/nb/fit.ipynb").rc != 0
