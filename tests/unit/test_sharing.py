@@ -352,3 +352,45 @@ def test_sign_in_prunes_links_of_ended_shares_and_nothing_of_the_users_own(tmp_p
     assert sorted(p.name for p in (shared / "alice").iterdir()) == ["etc", "mine.txt", "x"]
     assert os.readlink(shared / "alice" / "x") == kept
     assert not (shared / "carol").exists()
+
+
+class FakeStore:
+    """Bucket policies of users' buckets, as RgwStore.bucket_policy/set_bucket_policy keep them."""
+
+    def __init__(self, users: set[str], policy: dict[str, Any] | None = None) -> None:
+        self.users, self.policy, self.writes = users, policy, 0
+
+    def has_user(self, name: str) -> bool:
+        return name in self.users
+
+    def bucket_policy(self, bucket: str, owner: str) -> dict[str, Any] | None:
+        assert (bucket, owner) == ("home-alice", "alice")
+        return self.policy
+
+    def set_bucket_policy(self, bucket: str, owner: str, policy: dict[str, Any] | None) -> None:
+        self.policy, self.writes = policy, self.writes + 1
+
+
+def test_a_prefix_share_with_a_group_names_its_members_with_storage_and_unsharing_keeps_the_rest(
+    tmp_path: Path,
+) -> None:
+    own = {"Sid": "owner-rule", "Effect": "Deny", "Principal": "*", "Action": "s3:DeleteBucket", "Resource": "x"}
+    store = FakeStore({"alice", "bob"}, {"Version": "2012-10-17", "Statement": [own]})
+    sharing = sharing_in(tmp_path)
+    sharing.store = store
+    detail = sharing._apply_prefix("alice", "home-alice/cat/", "group:astro", "ro", "s1")
+    assert detail == {"bucket": "home-alice", "prefix": "cat/", "principals": ["bob"]}  # carol: no S3 account
+    assert store.policy is not None and [s["Sid"] for s in store.policy["Statement"]] == [
+        "owner-rule",
+        "shares1",
+        "shares1list",
+    ]
+    assert store.policy["Statement"][1]["Principal"] == {"AWS": ["arn:aws:iam:::user/bob"]}
+    sharing._apply_prefix("alice", "home-alice/cat/", "group:astro", "ro", "s1")
+    assert store.writes == 1  # nothing changed: no second write
+    share = SimpleNamespace(id="s1", owner="alice", target="home-alice/cat/")
+    sharing._revoke_prefix(share)  # type: ignore[arg-type]
+    assert store.policy == {"Version": "2012-10-17", "Statement": [own]}
+    sharing.store = None
+    with pytest.raises(Invalid, match="no object storage"):
+        sharing._apply_prefix("alice", "home-alice/cat/", "user:bob", "ro", "s1")
