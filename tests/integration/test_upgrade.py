@@ -108,7 +108,7 @@ def test_upgrade_refuses_unknown_components(deployed: dict[str, Any]) -> None:
 
 # Older than versions.yml's pins, with the same hub database schema (JupyterHub 5.2-5.5
 # share their migrations), so the bed can be taken back to them and upgraded again.
-OLDER_HUB = {"jupyterhub": "5.4.6", "jupyterlab": "4.5.11"}
+OLDER_HUB = {"jupyterhub": "5.5.3", "jupyterlab": "4.5.11"}
 HUB_PYTHON = "/opt/jupyterhub/bin/python -c"
 HUB_VERSIONS = f"{HUB_PYTHON} 'import jupyterhub as h, jupyterlab as l; print(h.__version__, l.__version__)'"
 
