@@ -95,6 +95,9 @@ class SciplatSystemdSpawner(SystemdSpawner):  # type: ignore[misc]
             name = self.user.name
             await ensure_tutorial_account(name)
             self.user_workingdir = f"{TUTORIAL_STATE}/{name}"
+            # a throw-away user has no platform account: no SCIPLAT_* settings (the API's URL
+            # included), as no S3 or PG* ones
+            self.environment = {k: v for k, v in self.environment.items() if not k.startswith("SCIPLAT_")}
             self.cpu_limit = float(self.tutorial.get("cpus", 1))
             self.mem_limit = int(self.tutorial.get("memory", 1024**3))
             self.unit_extra_properties = {
