@@ -112,6 +112,9 @@ class SciplatSystemdSpawner(SystemdSpawner):  # type: ignore[misc]
             profile = pick_profile(self.profiles, (self.user_options or {}).get("profile"))
             self.cpu_limit = float(profile["cpus"])
             self.mem_limit = int(profile["memory"])
+        # a server unit that ended badly (a tutorial's lifetime reached, killed) is dropped
+        # by systemd, not kept as a failed unit that turns `sciplat status` red
+        self.unit_extra_properties = {**self.unit_extra_properties, "CollectMode": "inactive-or-failed"}
         return await super().start()
 
 
