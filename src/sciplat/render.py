@@ -83,6 +83,11 @@ def role_vars(spec: PlatformSpec, inventory_dir: Path) -> dict[str, Any]:
         "backup_target": spec.backup.target,
         "backup_retention": spec.backup.retention.model_dump(),
     }
+    # an external target's endpoint and region; unset: the role's defaults (AWS)
+    if spec.backup.endpoint:
+        values["backup_s3_endpoint"] = spec.backup.endpoint
+    if spec.backup.region:
+        values["backup_s3_region"] = spec.backup.region
     values.update(storage_vars(spec))
     values.update(_slurm_vars(spec))
     values.update(notebook_vars(spec))

@@ -478,6 +478,15 @@ class BackupSection(Section):
         description="'platform' (the platform's own object store) or an s3://bucket/prefix URL.",
     )
     retention: Retention = Field(default_factory=Retention)
+    endpoint: str = Field(
+        default="",
+        description="The S3 endpoint of an s3:// target, https://host[:port] (empty: https://s3.amazonaws.com). "
+        "Keep the target off the platform's hosts, so that backups survive losing them (docs/disaster-recovery.md).",
+    )
+    region: str = Field(
+        default="",
+        description="The signature region of an s3:// target's endpoint (empty: us-east-1).",
+    )
 
     @field_validator("target")
     @classmethod
@@ -485,6 +494,31 @@ class BackupSection(Section):
         if value != "platform" and not re.match(r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/\S*)?$", value):
             raise ValueError(f"{value!r} must be 'platform' or an s3://bucket/prefix URL")
         return value
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint(cls, value: str) -> str:
+        if value and not re.match(r"^https://[A-Za-z0-9.-]+(:\d{1,5})?/?$", value):
+            raise ValueError(
+                f"{value!r} must be an https://host[:port] URL without a path, e.g. https://s3.example.org"
+            )
+        return value.rstrip("/")
+
+    @field_validator("region")
+    @classmethod
+    def _region(cls, value: str) -> str:
+        if value and not re.match(r"^[A-Za-z0-9_-]{1,64}$", value):
+            raise ValueError(f"{value!r} is not an S3 region name such as us-east-1 or eu-central-1")
+        return value
+
+    @model_validator(mode="after")
+    def _external_only(self) -> BackupSection:
+        if self.target == "platform" and (self.endpoint or self.region):
+            raise ValueError(
+                "endpoint and region apply to an external target: set target to s3://bucket/prefix, "
+                "or remove them (the platform target is the platform's own object store)"
+            )
+        return self
 
 
 # ---------------------------------------------------------------- cloud

@@ -55,8 +55,14 @@ def wait_for(what: str, check: Callable[[], Any], timeout: float = 120, every: f
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    # tests that stop or break services run last, so they cannot disturb the others
-    items.sort(key=lambda item: item.get_closest_marker("destructive") is not None)
+    # tests that stop or break services run last, so they cannot disturb the others;
+    # the restore drill (marker `rebuild`) destroys the whole bed: after all of them
+    def order(item: pytest.Item) -> int:
+        if item.get_closest_marker("rebuild") is not None:
+            return 2
+        return 1 if item.get_closest_marker("destructive") is not None else 0
+
+    items.sort(key=order)
 
 
 @pytest.fixture(scope="session")
