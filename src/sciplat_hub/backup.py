@@ -8,6 +8,8 @@ What is backed up, and with what (each on the first host of its group):
 | `homes`     | hub               | restic: /home and /groups (the CephFS mounts)                     |
 | `directory` | directory         | restic: slapcat of cn=config and of the accounts database         |
 | `slurm`     | slurm_controller  | restic: mariadb-dump of Slurm's accounting database               |
+| `buckets`   | hub               | restic: a local mirror of every RGW bucket, with users' keys,      |
+|             |                   | policies and quotas in a manifest (sciplat_hub.backup_buckets)    |
 
 Every repository is in one S3 bucket (the platform's radosgw or an external S3),
 `<prefix>/pgbackrest` and `<prefix>/restic/<what>`; both tools encrypt before
@@ -20,8 +22,13 @@ node_exporter's textfile metrics (`sciplat_backup_<what>.prom`) are written:
 `sciplat_backup_last_success_timestamp_seconds{what}` and friends (the alert rules
 in roles/monitor/files/rules/backup.yml read them).
 
+A host rebuilt onto a repository that already holds backups (its state file is
+gone, or PostgreSQL is a new cluster) does not back up into it until the data is
+restored (`restore WHAT`) or the operator says so (`resume WHAT`): a backup of the
+empty new services would otherwise become the "latest" one.
+
 Commands (all print JSON with --json): `init`, `run WHAT...`, `status`,
-`snapshots WHAT`, `restore WHAT [--to TIME]`, `scratch-stop DIR`.
+`snapshots WHAT`, `restore WHAT [--to TIME]`, `resume WHAT`, `scratch-stop DIR`.
 """
 
 from __future__ import annotations
@@ -51,8 +58,9 @@ from urllib.parse import quote, urlsplit
 from sciplat_hub.probe import write_metrics
 
 CONFIG_FILE = Path("/etc/sciplat/backup/config.json")
-WHATS = ("db", "homes", "directory", "slurm")
-RESTIC_WHATS = ("homes", "directory", "slurm")
+WHATS = ("db", "homes", "directory", "slurm", "buckets")
+RESTIC_WHATS = ("homes", "directory", "slurm", "buckets")
+RESTORE_FIRST = "restore first: sciplat restore -i DIR --what all (or this kind)"
 METRIC_PREFIX = "sciplat_backup"
 
 
@@ -116,6 +124,7 @@ class Settings:
     homes: dict[str, Any] = field(default_factory=dict)
     directory: dict[str, Any] = field(default_factory=dict)
     slurm: dict[str, Any] = field(default_factory=dict)
+    buckets: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Settings:
@@ -393,6 +402,47 @@ def pgbackrest_init(settings: Settings) -> bool:
     return True
 
 
+def parse_system_id(controldata: str) -> int | None:
+    """The "Database system identifier" in pg_controldata's output."""
+    for line in controldata.splitlines():
+        name, _, value = line.partition(":")
+        if name.strip() == "Database system identifier" and value.strip().isdigit():
+            return int(value.strip())
+    return None
+
+
+def stanza_system_id(info: dict[str, Any]) -> int | None:
+    """The system identifier of the cluster the repository's stanza belongs to (its newest db entry)."""
+    dbs = [d for d in info.get("db") or [] if isinstance(d, dict) and d.get("system-id")]
+    if not dbs:
+        return None
+    return int(max(dbs, key=lambda d: int(d.get("id", 0)))["system-id"])
+
+
+def pg_system_id(settings: Settings) -> int | None:
+    done = _run(
+        [f"{settings.pg_bin_dir}/pg_controldata", settings.pg_data_dir],
+        user="postgres",
+        env={"LC_ALL": "C"},
+        check=False,
+        timeout=60,
+    )
+    return parse_system_id(done.stdout)
+
+
+def other_cluster(settings: Settings) -> str:
+    """Why the pgBackRest repository belongs to another PostgreSQL cluster than this host's ("": it does not)."""
+    theirs = stanza_system_id(pgbackrest_info(settings))
+    ours = pg_system_id(settings)
+    if theirs is None or ours is None or theirs == ours:
+        return ""
+    return (
+        f"the pgBackRest repository holds the backups of another PostgreSQL cluster (system identifier {theirs}; "
+        f"this host's cluster is {ours}, a new one): WAL archiving and backups fail until "
+        "`sciplat restore -i DIR --what db` (or --what all) puts that cluster back here"
+    )
+
+
 def _backup_type(settings: Settings, requested: str) -> str:
     if requested in ("full", "diff"):
         return requested
@@ -436,11 +486,34 @@ def _require_mounts(paths: Sequence[str]) -> None:
             )
 
 
-def _backup_homes(settings: Settings) -> dict[str, Any]:
+def _homes_paths(settings: Settings) -> list[str]:
     paths = [str(p) for p in settings.homes.get("paths", ["/home", "/groups"])]
     if settings.homes.get("require_mount", True):
         _require_mounts(paths)
-    return _restic_backup(settings, "homes", paths, settings.homes.get("excludes", []))
+    return paths
+
+
+def _backup_homes(settings: Settings) -> dict[str, Any]:
+    return _restic_backup(settings, "homes", _homes_paths(settings), settings.homes.get("excludes", []))
+
+
+def _bucket_settings(settings: Settings) -> Any:
+    from sciplat_hub.backup_buckets import BucketSettings
+
+    return BucketSettings.from_dict(settings.buckets, settings.cache_directory)
+
+
+def _backup_buckets(settings: Settings) -> dict[str, Any]:
+    """Sync the local mirror of every bucket with the object store, then back the mirror up."""
+    from sciplat_hub.backup_buckets import BucketBackupError, mirror
+
+    config = _bucket_settings(settings)
+    try:
+        counts = mirror(config)
+    except BucketBackupError as exc:
+        raise BackupError(str(exc)) from None
+    result = _restic_backup(settings, "buckets", [str(config.mirror)])
+    return {**result, "buckets": counts["buckets"], "objects": counts["objects"], "downloaded": counts["downloaded"]}
 
 
 def _dump_and_backup(settings: Settings, what: str, dumps: dict[str, list[str]]) -> dict[str, Any]:
@@ -547,11 +620,18 @@ def _record(settings: Settings, what: str, result: dict[str, Any] | None, error:
     return state
 
 
-def backup(settings: Settings, what: str, *, kind: str = "auto") -> dict[str, Any]:
+def backup(settings: Settings, what: str, *, kind: str = "auto", force: bool = False) -> dict[str, Any]:
     """One backup of `what`, with retention applied after it; records state and metrics either way."""
     if what not in settings.whats:
         raise BackupError(
             f"{settings.hostname} does not back up {what!r}; it backs up {', '.join(settings.whats) or 'nothing'}"
+        )
+    pending = read_state(settings, what).get("restore_pending")
+    if pending and not force:
+        raise BackupError(
+            f"{what}: {pending.get('reason', 'the repository holds backups this host has not restored')}. "
+            f"Not backing up the new, empty {what} over them: {RESTORE_FIRST}; or, to keep this host's "
+            f"data and back it up into that repository, sciplat-backup resume {what}"
         )
     started = time.time()
     with _lock(settings, what):
@@ -562,6 +642,8 @@ def backup(settings: Settings, what: str, *, kind: str = "auto") -> dict[str, An
                 result = _backup_homes(settings)
             elif what == "directory":
                 result = _backup_directory(settings)
+            elif what == "buckets":
+                result = _backup_buckets(settings)
             else:
                 result = _backup_slurm(settings)
         except (BackupError, subprocess.TimeoutExpired, OSError) as exc:
@@ -570,17 +652,99 @@ def backup(settings: Settings, what: str, *, kind: str = "auto") -> dict[str, An
         return _record(settings, what, result, "", started)
 
 
+def repository_state(backups: int, history: bool, pending: bool, foreign: str) -> str:
+    """How this host stands to a kind's repository.
+
+    - "other-cluster": db only, the repository belongs to another PostgreSQL cluster;
+    - "empty": it holds no backup yet: back up (the first backup of a new platform);
+    - "ours": this host has backed up into it or restored from it (or, db, it is
+      the same cluster);
+    - "restore-first": it holds backups this host has never seen: the host was
+      rebuilt (or the kind moved here); its services are new and empty, so backing
+      them up would make an empty backup the latest one.
+    """
+    if foreign:
+        return "other-cluster"
+    if pending:
+        return "restore-first"
+    if backups == 0:
+        return "empty"
+    return "ours" if history else "restore-first"
+
+
+def _has_history(state: dict[str, Any]) -> bool:
+    return any(state.get(k) for k in ("last_success", "last_restore", "resumed"))
+
+
+def _write_state(settings: Settings, what: str, state: dict[str, Any]) -> None:
+    path = _state_file(settings, what)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path.write_text(json.dumps(state, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
 def init(settings: Settings) -> dict[str, Any]:
-    """Bucket and repositories for the kinds of this host; idempotent."""
+    """Bucket and repositories for the kinds of this host (idempotent), and how this host stands to each.
+
+    `first_backup`: kinds whose repository holds no backup (the deploy starts one);
+    `restore_first`: kinds whose repository holds backups this host has not restored
+    (marked in the state: `run` refuses them until `restore` or `resume`).
+    """
     changed: list[str] = []
     if ensure_bucket(settings.s3):
         changed.append(f"bucket {settings.s3.bucket}")
+    kinds: dict[str, dict[str, Any]] = {}
     for what in settings.whats:
         with _lock(settings, what):
             created = pgbackrest_init(settings) if what == "db" else restic_init(settings, what)
-        if created:
-            changed.append(f"repository {what}")
-    return {"changed": bool(changed), "created": changed}
+            if created:
+                changed.append(f"repository {what}")
+            backups = len(pgbackrest_backups(settings)) if what == "db" else len(restic_snapshots(settings, what))
+            foreign = other_cluster(settings) if what == "db" and not created else ""
+            state = read_state(settings, what)
+            history = _has_history(state) or (what == "db" and not foreign)
+            standing = repository_state(backups, history, bool(state.get("restore_pending")), foreign)
+            reason = foreign or (
+                f"the {what} repository holds backups from before this host was (re)built"
+                if standing == "restore-first"
+                else ""
+            )
+            if reason and state.get("restore_pending", {}).get("reason") != reason:
+                state.update({"what": what, "host": settings.hostname})
+                state["restore_pending"] = {"since": time.time(), "reason": reason}
+                _write_state(settings, what, state)
+                changed.append(f"{what} waits for a restore")
+            kinds[what] = {"repository": standing, "backups": backups, "reason": reason}
+    waiting = [w for w, k in kinds.items() if k["repository"] in ("restore-first", "other-cluster")]
+    return {
+        "changed": bool(changed),
+        "created": changed,
+        "kinds": kinds,
+        "first_backup": [w for w, k in kinds.items() if k["repository"] == "empty"],
+        "restore_first": waiting,
+        "message": (
+            f"{', '.join(waiting)}: the repository holds backups this host has not restored; no backup runs "
+            f"until then ({RESTORE_FIRST}, or sciplat-backup resume KIND on this host to start afresh)"
+            if waiting
+            else ""
+        ),
+    }
+
+
+def resume(settings: Settings, what: str) -> dict[str, Any]:
+    """Back up this host's (new) data into a repository that holds older backups, without restoring them."""
+    if what not in settings.whats:
+        raise BackupError(f"{settings.hostname} does not back up {what!r}")
+    with _lock(settings, what):
+        if what == "db" and (foreign := other_cluster(settings)):
+            raise BackupError(
+                f"{foreign}. To start afresh instead, move the old repository aside by hand "
+                f"(pgbackrest --stanza={settings.stanza} stop; stanza-delete), then deploy again"
+            )
+        state = read_state(settings, what) or {"what": what, "host": settings.hostname}
+        was = state.pop("restore_pending", None)
+        state["resumed"] = time.time()
+        _write_state(settings, what, state)
+    return {"what": what, "resumed": True, "was_waiting": bool(was)}
 
 
 def status(settings: Settings, *, now: float | None = None) -> list[dict[str, Any]]:
@@ -590,6 +754,10 @@ def status(settings: Settings, *, now: float | None = None) -> list[dict[str, An
         state = read_state(settings, what) or {"what": what, "host": settings.hostname}
         success = state.get("last_success")
         state["age_seconds"] = round(now - success, 1) if success else None
+        pending = state.get("restore_pending")
+        if pending:
+            state["ok"] = False
+            state["error"] = f"{pending.get('reason', 'waits for a restore')}; {RESTORE_FIRST}"
         out.append(state)
     return out
 
@@ -737,6 +905,8 @@ def scratch_stop(settings: Settings, into: Path) -> dict[str, Any]:
 
 
 def _restore_homes(settings: Settings, to: dt.datetime | None, paths: Sequence[str]) -> dict[str, Any]:
+    # into the shared filesystem, never into the empty directories under an absent mount
+    _homes_paths(settings)
     snapshot = snapshot_before(settings, "homes", to)
     args = ["restore", snapshot["id"], "--target", "/"]
     for path in paths:
@@ -748,6 +918,26 @@ def _restore_homes(settings: Settings, to: dt.datetime | None, paths: Sequence[s
         "time": snapshot["time"],
         "paths": list(paths) or snapshot["paths"],
     }
+
+
+def _restore_buckets(settings: Settings, to: dt.datetime | None) -> dict[str, Any]:
+    """The snapshot's mirror into a scratch directory, then users, buckets and objects back into RGW."""
+    from sciplat_hub.backup_buckets import BucketBackupError, restore_from
+
+    config = _bucket_settings(settings)
+    snapshot = snapshot_before(settings, "buckets", to)
+    Path(settings.cache_directory).mkdir(parents=True, exist_ok=True, mode=0o700)
+    scratch = Path(tempfile.mkdtemp(prefix="restore-buckets-", dir=settings.cache_directory))
+    try:
+        _restic(settings, "buckets", ["restore", snapshot["id"], "--target", str(scratch)], timeout=None)
+        root = scratch / str(config.mirror).lstrip("/")
+        try:
+            counts = restore_from(root, config)
+        except BucketBackupError as exc:
+            raise BackupError(str(exc)) from None
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return {"restored": "buckets", "snapshot": snapshot["short_id"], "time": snapshot["time"], **counts}
 
 
 def _restore_from_dump(
@@ -833,12 +1023,16 @@ def restore(
             result = _restore_homes(settings, to, paths)
         elif what == "directory":
             result = _restore_directory(settings, to)
+        elif what == "buckets":
+            result = _restore_buckets(settings, to)
         else:
             result = _restore_slurm(settings, to)
         if into is None:
             state = read_state(settings, what) or {"what": what, "host": settings.hostname}
             state["last_restore"] = {**result, "finished": time.time()}
-            _state_file(settings, what).write_text(json.dumps(state, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+            # restored: the repository's backups are this host's now, backups may run again
+            state.pop("restore_pending", None)
+            _write_state(settings, what, state)
         return result
 
 
@@ -866,7 +1060,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print JSON")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("init", help="create the bucket and this host's repositories (idempotent)")
-    run = sub.add_parser("run", help="back up now (WHAT: db, homes, directory, slurm or all of this host)")
+    run = sub.add_parser("run", help="back up now (WHAT: db, homes, directory, slurm, buckets or all of this host)")
     run.add_argument("what", nargs="*", default=["all"])
     run.add_argument("--type", choices=["auto", "full", "diff"], default="auto", help="db: backup type")
     for name in ("daily", "weekly", "monthly"):
@@ -880,6 +1074,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     rest.add_argument("--path", action="append", default=[], help="homes: only this path (repeatable)")
     rest.add_argument("--into", type=Path, help="db: restore into this new directory and start it on --port")
     rest.add_argument("--port", type=int, default=5499)
+    res = sub.add_parser(
+        "resume", help="back up again into a repository whose older backups were not restored here (keeps them)"
+    )
+    res.add_argument("what", choices=WHATS)
     stop = sub.add_parser("scratch-stop", help="stop and remove a copy made by restore db --into")
     stop.add_argument("into", type=Path)
     sub.add_parser("archive-check", help="db: switch WAL and wait until it is archived")
@@ -912,6 +1110,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "restore":
             to = parse_time(args.to) if args.to else None
             _print(restore(settings, args.what, to=to, paths=args.path, into=args.into, port=args.port), args.json)
+        elif args.command == "resume":
+            _print(resume(settings, args.what), args.json)
         elif args.command == "scratch-stop":
             _print(scratch_stop(settings, args.into), args.json)
         elif args.command == "archive-check":

@@ -306,7 +306,7 @@ def test_each_kind_runs_on_the_first_host_of_its_group() -> None:
         "slurm_controller": [],
         "all": ["data", "gw"],
     }
-    assert backup_cmd.backup_hosts(groups) == {"db": "data", "homes": "gw", "directory": "data"}
+    assert backup_cmd.backup_hosts(groups) == {"db": "data", "homes": "gw", "directory": "data", "buckets": "gw"}
 
 
 def test_restore_refuses_path_for_other_kinds_before_touching_anything(tmp_path: Path) -> None:

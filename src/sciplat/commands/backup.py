@@ -26,9 +26,10 @@ from sciplat_hub.backup import BackupError, parse_time
 console = Console()
 err = Console(stderr=True)
 
-KINDS = ("db", "homes", "directory", "slurm")
-# The group whose first host runs each kind (roles/backup/vars/main.yml).
-KIND_GROUPS = {"db": "db", "homes": "hub", "directory": "directory", "slurm": "slurm_controller"}
+KINDS = ("db", "homes", "directory", "slurm", "buckets")
+# The group whose first host runs each kind (roles/backup/vars/main.yml); buckets only
+# where object storage is Ceph RGW (the host then reports it).
+KIND_GROUPS = {"db": "db", "homes": "hub", "directory": "directory", "slurm": "slurm_controller", "buckets": "hub"}
 
 InventoryOpt = Annotated[
     Path,
@@ -128,6 +129,8 @@ def print_status(rows: list[dict[str, Any]]) -> None:
         last = "[green]ok[/]" if row.get("ok") else f"[red]failed[/] {str(row.get('error', ''))[:60]}"
         if row.get("last_run") is None and row.get("ok") is None:
             last = "[yellow]no run yet[/]"
+        if row.get("restore_pending"):
+            last = f"[red]restore first[/] {str(row['restore_pending'].get('reason', ''))[:80]}"
         took = row.get("duration_seconds")
         table.add_row(
             str(row.get("what", "?")),
@@ -140,6 +143,13 @@ def print_status(rows: list[dict[str, Any]]) -> None:
             last,
         )
     console.print(table)
+    waiting = [str(r.get("what")) for r in rows if r.get("restore_pending")]
+    if waiting:
+        console.print(
+            f"[red]{', '.join(waiting)}[/]: the repository holds backups this platform has not restored "
+            "(hosts rebuilt); no backup of these runs until `sciplat restore -i DIR --what all` "
+            "(or `sciplat-backup resume KIND` on the host, to start afresh and keep the old backups)"
+        )
 
 
 def _open(inventory: Path) -> tuple[Any, str]:
@@ -186,7 +196,9 @@ def backup(
     ] = False,
     what: Annotated[
         list[str] | None,
-        typer.Option("--what", "-w", help="With --now: all (default) or db, homes, directory, slurm (repeatable)."),
+        typer.Option(
+            "--what", "-w", help="With --now: all (default) or db, homes, directory, slurm, buckets (repeatable)."
+        ),
     ] = None,
     full: Annotated[
         bool, typer.Option("--full", help="With --now: a full PostgreSQL backup, not a differential.")
@@ -237,7 +249,7 @@ def restore(
     inventory: InventoryOpt,
     what: Annotated[
         list[str],
-        typer.Option("--what", "-w", help="all, db, homes, directory or slurm (repeatable)."),
+        typer.Option("--what", "-w", help="all, db, homes, directory, slurm or buckets (repeatable)."),
     ],
     to: Annotated[
         str | None,

@@ -366,6 +366,179 @@ class RgwStore(ObjectStore):
         limit = int(quota["max_size"]) if quota.get("enabled") and int(quota.get("max_size", -1)) > 0 else None
         return BucketUsage(used.bucket, used.bytes_used, used.objects, limit)
 
+    # ------------------------------------------------------------ backups (sciplat_hub.backup_buckets)
+    #
+    # These take raw RGW uids (the group owners `grp.<group>` too) and explicit keys:
+    # a backup copies every user that owns a bucket, a restore puts them back as they were.
+
+    def all_buckets(self) -> list[dict[str, Any]]:
+        """Every bucket of the cluster: name, owner and bucket quota (None: none)."""
+        stats = self._admin("GET", "bucket", {"stats": "true"}) or []
+        found = []
+        for item in stats:
+            if not isinstance(item, dict) or not item.get("bucket"):
+                continue
+            found.append(
+                {
+                    "name": str(item["bucket"]),
+                    "owner": str(item.get("owner", "")),
+                    "quota": _quota(item.get("bucket_quota")),
+                }
+            )
+        return sorted(found, key=lambda b: b["name"])
+
+    def user_record(self, uid: str) -> dict[str, Any] | None:
+        """What re-creates the user as it is: names, state, every S3 key of its own, its user quota."""
+        info = self._user(uid)
+        if info is None:
+            return None
+        quota = self._admin("GET", "user", {"quota": "", "uid": uid, "quota-type": "user"}) or {}
+        keys = sorted(
+            (
+                {"access_key": str(k["access_key"]), "secret_key": str(k["secret_key"])}
+                for k in info.get("keys", [])
+                if k.get("user") == uid and k.get("access_key")
+            ),
+            key=lambda k: k["access_key"],
+        )
+        return {
+            "uid": uid,
+            "display_name": str(info.get("display_name") or uid),
+            "email": str(info.get("email") or ""),
+            "suspended": bool(info.get("suspended")),
+            "max_buckets": int(info.get("max_buckets", 1000)),
+            "keys": keys,
+            "quota": _quota(quota),
+        }
+
+    def access_keys(self, uid: str) -> set[str] | None:
+        """The user's own S3 access keys (None: no such user)."""
+        info = self._user(uid)
+        if info is None:
+            return None
+        return {str(k["access_key"]) for k in info.get("keys", []) if k.get("user") == uid and k.get("access_key")}
+
+    def restore_user(self, record: dict[str, Any]) -> str:
+        """Create the user with its backed-up keys, or add the keys it lacks: "created", "keys-added", "present".
+
+        An existing user keeps the keys it has now (a user who signed in before the
+        restore has a new key: both work).
+        """
+        uid = str(record["uid"])
+        keys = list(record.get("keys") or [])
+        present = self.access_keys(uid)
+        outcome = "present"
+        if present is None:
+            params = {
+                "uid": uid,
+                "display-name": str(record.get("display_name") or uid),
+                "max-buckets": str(int(record.get("max_buckets", 1000))),
+                "key-type": "s3",
+            }
+            if record.get("email"):
+                params["email"] = str(record["email"])
+            if keys:
+                params |= {"access-key": keys[0]["access_key"], "secret-key": keys[0]["secret_key"]}
+            else:
+                params["generate-key"] = "false"
+            self._admin("PUT", "user", params)
+            if record.get("suspended"):
+                self._admin("POST", "user", {"uid": uid, "suspended": "true"})
+            present, outcome = {k["access_key"] for k in keys[:1]}, "created"
+        for key in keys:
+            if key["access_key"] in present:
+                continue
+            self._admin(
+                "PUT",
+                "user",
+                {
+                    "key": "",
+                    "uid": uid,
+                    "key-type": "s3",
+                    "access-key": key["access_key"],
+                    "secret-key": key["secret_key"],
+                },
+            )
+            outcome = "created" if outcome == "created" else "keys-added"
+        return outcome
+
+    def set_quota_record(self, uid: str, quota: dict[str, Any] | None) -> None:
+        """Apply a user quota as user_record() gave it (None or disabled: no quota)."""
+        enabled = bool(quota and quota.get("enabled"))
+        self._admin(
+            "PUT",
+            "user",
+            {
+                "quota": "",
+                "uid": uid,
+                "quota-type": "user",
+                "enabled": "true" if enabled else "false",
+                "max-size": str(int(quota.get("max_size", -1)) if quota and enabled else -1),
+                "max-objects": str(int(quota.get("max_objects", -1)) if quota and enabled else -1),
+            },
+        )
+
+    def set_bucket_quota(self, bucket: str, owner: str, quota: dict[str, Any]) -> None:
+        body = json.dumps(
+            {
+                "enabled": bool(quota.get("enabled")),
+                "max_size": int(quota.get("max_size", -1)),
+                "max_objects": int(quota.get("max_objects", -1)),
+            }
+        ).encode()
+        status, answer = self._request(
+            "PUT", "/admin/bucket", {"quota": "", "uid": owner, "bucket": bucket, "format": "json"}, body=body
+        )
+        if status >= 300:
+            raise StorageError(f"setting the quota of bucket {bucket} failed: HTTP {status} {_code(answer)}")
+
+    def create_bucket_with(self, bucket: str, keys: tuple[str, str]) -> bool:
+        """Create the bucket with these (its owner's) keys; False when they own it already."""
+        status, body = self._s3("PUT", bucket, keys)
+        if status == 409 and _code(body) == "BucketAlreadyOwnedByYou":
+            return False
+        if status >= 300:
+            raise StorageError(f"creating bucket {bucket} failed: HTTP {status} {_code(body)}")
+        return True
+
+    def policy_with(self, bucket: str, keys: tuple[str, str]) -> dict[str, Any] | None:
+        """The bucket's policy read with its owner's keys (None: it has none)."""
+        status, body = self._s3("GET", bucket, keys, {"policy": ""})
+        if status == 404 and _code(body) == "NoSuchBucketPolicy":
+            return None
+        if status >= 300:
+            raise StorageError(f"reading the policy of {bucket} failed: HTTP {status} {_code(body)}")
+        policy: dict[str, Any] = json.loads(body)
+        return policy
+
+    def put_policy_with(self, bucket: str, keys: tuple[str, str], policy: dict[str, Any]) -> None:
+        status, body = self._s3("PUT", bucket, keys, {"policy": ""}, json.dumps(policy).encode())
+        if status >= 300:
+            raise StorageError(f"setting the policy of {bucket} failed: HTTP {status} {_code(body)}")
+
+    def s3_endpoint(self) -> str:
+        """The first admin endpoint that answers: objects are copied straight from radosgw, not through the gateway."""
+        last: Exception | None = None
+        for endpoint in self.admin_endpoints:
+            probe = RgwStore([endpoint], self.access_key, self.secret_key, self.public_endpoint, region=self.region)
+            try:
+                probe._request("GET", "/")
+                return endpoint
+            except StorageError as exc:
+                last = exc
+        raise StorageError(f"no radosgw answered: {last}")
+
+
+def _quota(value: Any) -> dict[str, Any] | None:
+    """A quota as RGW reports it, reduced to enabled/max_size/max_objects (None: not enabled)."""
+    if not isinstance(value, dict) or not value.get("enabled"):
+        return None
+    return {
+        "enabled": True,
+        "max_size": int(value.get("max_size", -1)),
+        "max_objects": int(value.get("max_objects", -1)),
+    }
+
 
 def _code(body: bytes) -> str:
     """The S3/RGW error code in a response body (XML or JSON), or the body's start."""
