@@ -1,25 +1,35 @@
 """Backups on the test bed: every kind backs up, its age reaches Prometheus and `sciplat
 backup`, retention removes the oldest backups, PITR (into a scratch copy beside the
-live cluster), a deleted file in a home and a deleted directory entry come back.
+live cluster), a deleted file in a home, a deleted directory entry and a deleted
+object-storage user with its bucket and objects come back; a host that lost its
+backup state does not back up over the repository's backups.
 
-Kinds and hosts on this bed: db, directory, slurm on `data`; homes on `gw`.
+Kinds and hosts on this bed: db, directory, slurm on `data`; homes, buckets on `gw`.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import secrets
 import shlex
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
+from boto3.s3.transfer import TransferConfig
+from botocore.exceptions import ClientError
 
 from tests.integration.conftest import INVENTORY, sciplat
+from tests.integration.test_storage import endpoint, hub_python, s3
+
+__all__ = ["endpoint"]  # a fixture of test_storage used here
 
 DATA, GW = "data", "gw"
-KINDS = {"db", "homes", "directory", "slurm"}
+KINDS = {"db", "homes", "directory", "slurm", "buckets"}
 PROMETHEUS = "http://127.0.0.1:9090"
 SCRATCH = "/var/lib/postgresql/sciplat-pitr-test"
 PITR_DB = "sciplat_backup_pitr_test"
@@ -55,7 +65,7 @@ def test_backup_now_succeeds_for_every_kind(backed_up: dict[str, Any]) -> None:
     for what, row in rows.items():
         assert row["ok"], f"{what}: {row.get('error')}"
         assert row["age_seconds"] < backed_up["took"] + 60, f"{what} was not backed up by this run: {row}"
-    assert rows["db"]["host"] == DATA and rows["homes"]["host"] == GW
+    assert rows["db"]["host"] == DATA and rows["homes"]["host"] == GW and rows["buckets"]["host"] == GW
 
 
 def test_sciplat_backup_lists_every_kind_and_its_age(backed_up: dict[str, Any]) -> None:
@@ -84,7 +94,7 @@ def test_backup_age_metrics_reach_prometheus(backed_up: dict[str, Any], host_of:
 
 
 def test_timers_run_every_kind_on_the_spec_schedule(host_of: Callable[[str], Any]) -> None:
-    for host, kinds in ((DATA, ("db", "directory", "slurm")), (GW, ("homes",))):
+    for host, kinds in ((DATA, ("db", "directory", "slurm")), (GW, ("homes", "buckets"))):
         for kind in kinds:
             unit = host_of(host).service(f"sciplat-backup@{kind}.timer")
             assert unit.is_enabled and unit.is_running, f"sciplat-backup@{kind}.timer on {host}"
@@ -224,3 +234,126 @@ def test_a_deleted_directory_entry_comes_back(host_of: Callable[[str], Any]) -> 
         data.check_output(f"rm -rf {shlex.quote(previous[0])}")  # the database it replaced
     finally:
         data.run(f"ldapdelete -Q -Y EXTERNAL -H ldapi:/// {shlex.quote(dn)}")
+
+
+# ------------------------------------------------------------------ buckets
+
+MiB = 1024 * 1024
+RGW_ADMIN = """
+import json, sys
+from sciplat_hub.storage.config import from_host_config
+s = from_host_config()
+"""
+
+
+def _sha256_and_type(client: Any, bucket: str) -> dict[str, tuple[str, str, int]]:
+    found = {}
+    for item in client.list_objects_v2(Bucket=bucket).get("Contents", []):
+        answer = client.get_object(Bucket=bucket, Key=item["Key"])
+        body = answer["Body"].read()
+        found[item["Key"]] = (hashlib.sha256(body).hexdigest(), answer["ContentType"], len(body))
+    return found
+
+
+def test_a_deleted_object_storage_user_comes_back_with_the_same_keys_and_objects(
+    host_of: Callable[[str], Any], endpoint: str, ca_cert: Path
+) -> None:
+    """A user with objects (one of 9 MiB, uploaded in parts) and a bucket policy; back up;
+    delete the objects, the bucket and the RGW user; restore: the same keys read the same bytes."""
+    gw = host_of(GW)
+    name = f"bkt-{secrets.token_hex(3)}"
+    keys = hub_python(
+        gw,
+        RGW_ADMIN
+        + f"""
+c = s.ensure_user({name!r}, {256 * MiB})
+s.ensure_home_bucket({name!r})
+print(json.dumps({{"access_key": c.access_key, "secret_key": c.secret_key, "endpoint": c.endpoint}}))
+""",
+    )
+    client, bucket = s3({name: keys}, name, str(ca_cert)), f"home-{name}"
+    policy = {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Sid": "share-with-the-probe",
+                "Effect": "Allow",
+                "Principal": {"AWS": ["arn:aws:iam:::user/sciplat-probe"]},
+                "Action": ["s3:GetObject"],
+                "Resource": [f"arn:aws:s3:::{bucket}/*"],
+            }
+        ],
+    }
+    try:
+        client.put_bucket_policy(Bucket=bucket, Policy=json.dumps(policy))
+        for key, size, content_type in (
+            ("empty", 0, "application/octet-stream"),
+            ("notes/readme.txt", 1000, "text/plain"),
+            ("data/cube 1.fits", 3 * MiB + 17, "application/fits"),
+        ):
+            client.put_object(Bucket=bucket, Key=key, Body=secrets.token_bytes(size), ContentType=content_type)
+        # above boto3's 8 MiB threshold: a multipart upload (its ETag is not an MD5)
+        client.upload_fileobj(
+            io.BytesIO(secrets.token_bytes(9 * MiB)),
+            bucket,
+            "data/large.bin",
+            ExtraArgs={"ContentType": "application/x-large"},
+            Config=TransferConfig(multipart_threshold=8 * MiB, multipart_chunksize=5 * MiB),
+        )
+        before = _sha256_and_type(client, bucket)
+        assert len(before) == 4
+
+        started = time.monotonic()
+        done = json.loads(sciplat("backup", "-i", str(INVENTORY), "--now", "--what", "buckets", "--json").stdout)
+        took_backup = time.monotonic() - started
+        assert done["ok"], done
+        [row] = [r for r in done["backups"] if r["what"] == "buckets"]
+        assert row["ok"] and row["objects"] >= 4 and row["downloaded"] >= 4, row
+
+        for key in before:
+            client.delete_object(Bucket=bucket, Key=key)
+        client.delete_bucket(Bucket=bucket)
+        hub_python(gw, RGW_ADMIN + f"s._admin('DELETE', 'user', {{'uid': {name!r}}}); print('{{}}')")
+        with pytest.raises(ClientError) as gone:
+            client.list_objects_v2(Bucket=bucket)
+        assert gone.value.response["Error"]["Code"] == "InvalidAccessKeyId"
+
+        started = time.monotonic()
+        result = json.loads(sciplat("restore", "-i", str(INVENTORY), "--what", "buckets", "--yes", "--json").stdout)
+        took_restore = time.monotonic() - started
+        assert result["ok"], result
+        [restored] = [r for r in result["restored"] if r["what"] == "buckets"]
+        assert restored["users_created"] >= 1 and restored["buckets_created"] >= 1, restored
+        assert restored["uploaded"] >= 4, restored
+
+        # the same keys (a user's scripts and laptop keep working), the same bytes and types
+        assert _sha256_and_type(client, bucket) == before
+        assert json.loads(client.get_bucket_policy(Bucket=bucket)["Policy"]) == policy
+        quota = hub_python(gw, RGW_ADMIN + f"print(json.dumps(s.user_record({name!r})['quota']))")
+        assert quota["max_size"] == 256 * MiB
+        print(f"buckets: backup {took_backup:.0f}s, restore {took_restore:.0f}s")
+    finally:
+        hub_python(
+            gw, RGW_ADMIN + f"s._admin('DELETE', 'user', {{'uid': {name!r}, 'purge-data': 'true'}}); print('{{}}')"
+        )
+
+
+def test_a_host_that_lost_its_backup_state_does_not_back_up_over_the_repository(
+    host_of: Callable[[str], Any],
+) -> None:
+    """As on a rebuilt host: the repository holds backups this host has not restored."""
+    gw = host_of(GW)
+    state = "/var/lib/sciplat/backup/buckets.json"
+    gw.check_output(f"cp -p {state} {state}.test-saved && rm -f {state}")
+    try:
+        found = on_host(gw, "init")
+        assert found["kinds"]["buckets"]["repository"] == "restore-first", found
+        assert "buckets" in found["restore_first"] and "sciplat restore" in found["message"]
+        refused = gw.run("sciplat-backup run buckets")
+        assert refused.rc != 0 and "restore first" in refused.stderr, refused.stderr
+        [row] = [r for r in on_host(gw, "status") if r["what"] == "buckets"]
+        assert row["ok"] is False and "restore" in row["error"]
+        assert on_host(gw, "resume", "buckets")["was_waiting"] is True
+        assert on_host(gw, "init")["restore_first"] == []
+    finally:
+        gw.check_output(f"mv -f {state}.test-saved {state}")
