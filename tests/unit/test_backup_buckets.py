@@ -311,7 +311,7 @@ def test_how_a_host_stands_to_its_repository(
 
 
 def test_system_identifiers_of_the_cluster_and_of_the_stanza() -> None:
-    controldata = "pg_control version number:            1300\nDatabase system identifier:           7412345678901234567\n"
+    controldata = "pg_control version number:  1300\nDatabase system identifier:           7412345678901234567\n"
     assert backup.parse_system_id(controldata) == 7412345678901234567
     assert backup.parse_system_id("no such file") is None
     info = {"db": [{"id": 1, "system-id": 111, "version": "15"}, {"id": 2, "system-id": 222, "version": "15"}]}
