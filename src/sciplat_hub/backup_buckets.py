@@ -347,6 +347,12 @@ def _files(directory: Path) -> dict[str, int]:
     return {p.name: p.stat().st_size for p in directory.iterdir() if p.is_file() and not p.name.endswith(".partial")}
 
 
+def _complete(directory: Path, bucket: dict[str, Any]) -> bool:
+    """Whether the mirror has every object of a manifest's bucket, at its size."""
+    files = _files(directory)
+    return all(files.get(str(e["file"])) == int(e["size"]) for e in bucket.get("objects", []))
+
+
 def _keys(user: dict[str, Any] | None) -> tuple[str, str] | None:
     if not user or not user.get("keys"):
         return None
@@ -378,51 +384,82 @@ def mirror(
     manifest_buckets: list[dict[str, Any]] = []
     counts = {"buckets": 0, "objects": 0, "bytes": 0, "downloaded": 0, "downloaded_bytes": 0, "removed": 0}
     failures: list[str] = []
-    with ThreadPoolExecutor(max_workers=settings.parallel) as pool:
-        for bucket in buckets:
-            name, owner = bucket["name"], bucket["owner"]
-            keys = _keys(users.get(owner))
-            if keys is None:
-                failures.append(f"bucket {name}: its owner {owner} has no S3 keys to read it with")
-                continue
-            policy = store.policy_with(name, keys)
-            listing = list_objects(clients.get(keys), name)
-            directory = objects_root / object_file(name)
-            directory.mkdir(exist_ok=True, mode=0o700)
-            plan = plan_sync(previous.get(name, {}).get("objects", []), listing, _files(directory))
-            for stale in plan.remove:
-                (directory / stale).unlink(missing_ok=True)
-            counts["removed"] += len(plan.remove)
 
-            def fetch(item: Listed, directory: Path = directory, name: str = name, keys: tuple[str, str] = keys) -> Any:
-                owner_keys = _keys(users.get(item.owner)) or keys
-                try:
-                    return download(clients.get(owner_keys), name, item, directory / object_file(item.key))
-                except Exception as exc:
-                    if owner_keys != keys and _error_code(exc) == "AccessDenied":
-                        return download(clients.get(keys), name, item, directory / object_file(item.key))
+    def copy_bucket(pool: ThreadPoolExecutor, bucket: dict[str, Any], keys: tuple[str, str]) -> dict[str, Any]:
+        name = bucket["name"]
+        policy = store.policy_with(name, keys)
+        listing = list_objects(clients.get(keys), name)
+        directory = objects_root / object_file(name)
+        directory.mkdir(exist_ok=True, mode=0o700)
+        plan = plan_sync(previous.get(name, {}).get("objects", []), listing, _files(directory))
+        for stale in plan.remove:
+            (directory / stale).unlink(missing_ok=True)
+        counts["removed"] += len(plan.remove)
+
+        def fetch(item: Listed) -> Any:
+            # as the object's owner (a member's object in a group bucket), else as the bucket's
+            owner_keys = _keys(users.get(item.owner)) or keys
+            try:
+                return download(clients.get(owner_keys), name, item, directory / object_file(item.key))
+            except Exception:
+                if owner_keys == keys:
                     raise
+                return download(clients.get(keys), name, item, directory / object_file(item.key))
 
-            entries = list(plan.keep)
-            futures = {pool.submit(fetch, item): item for item in plan.download}
-            for future in as_completed(futures):
-                item = futures[future]
-                try:
-                    entry = future.result()
-                except Exception as exc:
-                    failures.append(f"{name}/{item.key}: {exc}")
+        entries = list(plan.keep)
+        futures = {pool.submit(fetch, item): item for item in plan.download}
+        for future in as_completed(futures):
+            item = futures[future]
+            try:
+                entry = future.result()
+            except Exception as exc:
+                failures.append(f"{name}/{item.key}: {exc}")
+                continue
+            if entry is not None:
+                entries.append(entry)
+                counts["downloaded"] += 1
+                counts["downloaded_bytes"] += int(entry["size"])
+        entries.sort(key=lambda e: str(e["key"]))
+        return {"name": name, "owner": bucket["owner"], "policy": policy, "quota": bucket["quota"], "objects": entries}
+
+    by_owner: dict[str, list[dict[str, Any]]] = {}
+    for bucket in buckets:
+        by_owner.setdefault(bucket["owner"], []).append(bucket)
+    with ThreadPoolExecutor(max_workers=settings.parallel) as pool:
+        for owner, owned in sorted(by_owner.items()):
+            record = users.get(owner)
+            if record is None:  # deleted since the listing, and its buckets with it
+                continue
+            keys = _keys(record)
+            if keys is None:
+                failures.append(f"{owner} owns {', '.join(b['name'] for b in owned)} but has no S3 key to read them")
+                continue
+            lifted = False
+            if record.get("suspended"):
+                # a suspended user's keys are refused. Their buckets cannot change through
+                # them: the copy already in the mirror is kept; only a bucket not copied yet
+                # is read with the suspension lifted for the seconds that takes
+                kept = [previous.get(b["name"]) for b in owned]
+                if all(k is not None and _complete(objects_root / object_file(k["name"]), k) for k in kept):
+                    for bucket, old in zip(owned, kept, strict=True):
+                        assert old is not None
+                        manifest_buckets.append({**old, "quota": bucket["quota"]})
                     continue
-                if entry is not None:
-                    entries.append(entry)
-                    counts["downloaded"] += 1
-                    counts["downloaded_bytes"] += int(entry["size"])
-            entries.sort(key=lambda e: str(e["key"]))
-            manifest_buckets.append(
-                {"name": name, "owner": owner, "policy": policy, "quota": bucket["quota"], "objects": entries}
-            )
-            counts["buckets"] += 1
-            counts["objects"] += len(entries)
-            counts["bytes"] += sum(int(e["size"]) for e in entries)
+                store.set_suspended(owner, False)
+                lifted = True
+            try:
+                for bucket in owned:
+                    try:
+                        manifest_buckets.append(copy_bucket(pool, bucket, keys))
+                    except Exception as exc:
+                        failures.append(f"bucket {bucket['name']}: {exc}")
+            finally:
+                if lifted:
+                    store.set_suspended(owner, True)
+    for copied in manifest_buckets:
+        counts["buckets"] += 1
+        counts["objects"] += len(copied["objects"])
+        counts["bytes"] += sum(int(e["size"]) for e in copied["objects"])
     # buckets that are gone: their mirror directories go too
     wanted_dirs = {object_file(b["name"]) for b in manifest_buckets} | {object_file(b["name"]) for b in buckets}
     for stale_dir in objects_root.iterdir():
@@ -469,25 +506,9 @@ def restore_from(
     clients = Clients(store.s3_endpoint(), store.region, settings.parallel)
     users = {str(u["uid"]): u for u in manifest.get("users", [])}
 
-    present_users: dict[str, set[str]] = {}
-    for uid in users:
-        keys = store.access_keys(uid)
-        if keys is not None:
-            present_users[uid] = keys
-    present_buckets = {b["name"]: b["owner"] for b in store.all_buckets()}
-    present_objects: dict[str, dict[str, tuple[int, str]]] = {}
-    for bucket in manifest.get("buckets", []):
-        name, owner = str(bucket["name"]), str(bucket["owner"])
-        keys = _keys(users.get(owner))
-        if present_buckets.get(name) == owner and keys is not None and owner in present_users:
-            with contextlib.suppress(Exception):
-                present_objects[name] = _present_objects(clients, name, keys)
-    plan = plan_restore(manifest, present_users, present_buckets, present_objects)
-    errors = [
-        f"bucket {name} exists but belongs to {present_buckets[name]} now: not restored" for name in plan.conflicts
-    ]
-
+    errors: list[str] = []
     counts = {"users_created": 0, "users_keys_added": 0, "buckets_created": 0, "policies_set": 0, "uploaded": 0}
+    before = {uid: store.user_record(uid) for uid in users}
     for record in users.values():
         try:
             outcome = store.restore_user(record)
@@ -496,6 +517,67 @@ def restore_from(
             continue
         counts["users_created"] += outcome == "created"
         counts["users_keys_added"] += outcome == "keys-added"
+    # suspended users' keys are refused: lifted while their objects are put back. Afterwards a
+    # user that existed keeps the state it has now; a user the restore created gets the backed-up one
+    suspend = {uid for uid, now in before.items() if now and now.get("suspended")}
+    suspend |= {uid for uid, now in before.items() if now is None and users[uid].get("suspended")}
+    for uid in sorted(suspend):
+        if before[uid] is not None:
+            store.set_suspended(uid, False)
+    try:
+        _restore_buckets(root, store, clients, settings, manifest, users, before, counts, errors)
+    finally:
+        for uid in sorted(suspend):
+            try:
+                store.set_suspended(uid, True)
+            except Exception as exc:
+                errors.append(f"suspending {uid} again: {exc}")
+    result = {
+        **counts,
+        "users": len(users),
+        "buckets": len(manifest.get("buckets", [])),
+        "objects": sum(len(b.get("objects", [])) for b in manifest.get("buckets", [])),
+        "taken": manifest.get("taken", ""),
+    }
+    (log or _stderr)(
+        f"buckets: {result['users']} users ({counts['users_created']} created, "
+        f"{counts['users_keys_added']} got keys back), "
+        f"{result['buckets']} buckets ({counts['buckets_created']} created, {counts['policies_set']} policies set), "
+        f"{counts['uploaded']} objects uploaded, {counts['unchanged']} unchanged, "
+        f"{counts['kept_not_in_backup']} not in the backup kept"
+    )
+    if errors:
+        raise BucketBackupError(f"{len(errors)} item(s) not restored: " + "; ".join(errors[:5]))
+    return result
+
+
+def _restore_buckets(
+    root: Path,
+    store: Any,
+    clients: Clients,
+    settings: BucketSettings,
+    manifest: dict[str, Any],
+    users: dict[str, dict[str, Any]],
+    before: dict[str, dict[str, Any] | None],
+    counts: dict[str, int],
+    errors: list[str],
+) -> None:
+    """Buckets, policies, quotas and objects of the manifest, once its users exist (and may use their keys)."""
+    present_buckets = {b["name"]: b["owner"] for b in store.all_buckets()}
+    present_objects: dict[str, dict[str, tuple[int, str]]] = {}
+    for bucket in manifest.get("buckets", []):
+        name, owner = str(bucket["name"]), str(bucket["owner"])
+        keys = _keys(users.get(owner))
+        if present_buckets.get(name) == owner and keys is not None:
+            with contextlib.suppress(Exception):
+                present_objects[name] = _present_objects(clients, name, keys)
+    present_users = {uid: {str(k["access_key"]) for k in now.get("keys", [])} for uid, now in before.items() if now}
+    plan = plan_restore(manifest, present_users, present_buckets, present_objects)
+    counts["unchanged"], counts["kept_not_in_backup"] = plan.unchanged, plan.kept_extra
+    errors += [
+        f"bucket {name} exists but belongs to {present_buckets[name]} now: not restored" for name in plan.conflicts
+    ]
+
     owners: dict[str, tuple[str, str]] = {}
     for bucket in manifest.get("buckets", []):
         name, owner = str(bucket["name"]), str(bucket["owner"])
@@ -526,8 +608,8 @@ def restore_from(
         writer = _keys(users.get(str(entry.get("owner") or ""))) or bucket_keys
         try:
             upload(clients.get(writer), name, entry, path)
-        except Exception as exc:
-            if writer == bucket_keys or "AccessDenied" not in str(exc):
+        except Exception:
+            if writer == bucket_keys:
                 raise
             upload(clients.get(bucket_keys), name, entry, path)
 
@@ -546,22 +628,3 @@ def restore_from(
             store.set_quota_record(uid, record.get("quota"))
         except Exception as exc:
             errors.append(f"quota of {uid}: {exc}")
-
-    result = {
-        **counts,
-        "users": len(users),
-        "buckets": len(manifest.get("buckets", [])),
-        "objects": sum(len(b.get("objects", [])) for b in manifest.get("buckets", [])),
-        "unchanged": plan.unchanged,
-        "kept_not_in_backup": plan.kept_extra,
-        "taken": manifest.get("taken", ""),
-    }
-    (log or _stderr)(
-        f"buckets: {result['users']} users ({counts['users_created']} created, "
-        f"{counts['users_keys_added']} got keys back), "
-        f"{result['buckets']} buckets ({counts['buckets_created']} created, {counts['policies_set']} policies set), "
-        f"{counts['uploaded']} objects uploaded, {plan.unchanged} unchanged, {plan.kept_extra} not in the backup kept"
-    )
-    if errors:
-        raise BucketBackupError(f"{len(errors)} item(s) not restored: " + "; ".join(errors[:5]))
-    return result

@@ -156,6 +156,7 @@ class FakeRgw:
         self.owners: dict[str, str] = {}
         self.policies: dict[str, dict[str, Any]] = {}
         self.quotas: dict[str, Any] = {}
+        self.suspensions: list[tuple[str, bool]] = []
 
     def add_user(self, uid: str, access: str, quota: dict[str, Any] | None = None) -> tuple[str, str]:
         self.users[uid] = {
@@ -189,6 +190,10 @@ class FakeRgw:
 
     def set_quota_record(self, uid: str, quota: dict[str, Any] | None) -> None:
         self.quotas[uid] = quota
+
+    def set_suspended(self, uid: str, suspended: bool) -> None:
+        self.suspensions.append((uid, suspended))
+        self.users[uid]["suspended"] = suspended
 
     def set_bucket_quota(self, bucket: str, owner: str, quota: dict[str, Any]) -> None:
         raise AssertionError("no bucket quotas in this test")
@@ -282,6 +287,31 @@ def test_mirror_then_restore_brings_users_buckets_policies_and_objects_back(moto
     s3.put_object(Bucket="home-alice", Key="after", Body=b"new")
     again = bb.restore_from(tmp_path / "mirror", settings, store, log=lambda _: None)
     assert again["uploaded"] == 0 and again["unchanged"] == 3 and again["kept_not_in_backup"] == 1
+
+
+def test_a_suspended_users_buckets_are_copied_once_and_the_user_stays_suspended(moto_s3: Any, tmp_path: Path) -> None:
+    """A suspended user's keys are refused: the suspension is lifted only to copy a bucket the
+    mirror lacks, and put back; a restore that re-creates the user suspends it again."""
+    s3, store = moto_s3, FakeRgw(moto_s3)
+    store.add_user("carol", "AKCAROL")
+    store.create_bucket_with("home-carol", ("AKCAROL", "secret-AKCAROL"))
+    s3.put_object(Bucket="home-carol", Key="k", Body=b"data")
+    store.users["carol"]["suspended"] = True
+    settings = bb.BucketSettings(mirror=tmp_path / "mirror", skip_users=[], parallel=2)
+
+    assert bb.mirror(settings, store, log=lambda _: None)["downloaded"] == 1
+    assert store.suspensions == [("carol", False), ("carol", True)]
+    again = bb.mirror(settings, store, log=lambda _: None)
+    assert (again["downloaded"], again["objects"]) == (0, 1)
+    assert store.suspensions == [("carol", False), ("carol", True)]  # the copy is kept, no lifting
+
+    s3.delete_object(Bucket="home-carol", Key="k")
+    s3.delete_bucket(Bucket="home-carol")
+    del store.users["carol"], store.owners["home-carol"]
+    store.suspensions.clear()
+    counts = bb.restore_from(tmp_path / "mirror", settings, store, log=lambda _: None)
+    assert counts["users_created"] == 1 and counts["uploaded"] == 1
+    assert store.suspensions == [("carol", True)] and store.users["carol"]["suspended"] is True
 
 
 def test_a_restore_refuses_a_directory_without_a_manifest(tmp_path: Path) -> None:

@@ -441,9 +441,8 @@ class RgwStore(ObjectStore):
                 params |= {"access-key": keys[0]["access_key"], "secret-key": keys[0]["secret_key"]}
             else:
                 params["generate-key"] = "false"
+            # created active: the restore uploads with its keys (it suspends it again afterwards)
             self._admin("PUT", "user", params)
-            if record.get("suspended"):
-                self._admin("POST", "user", {"uid": uid, "suspended": "true"})
             present, outcome = {k["access_key"] for k in keys[:1]}, "created"
         for key in keys:
             if key["access_key"] in present:
@@ -461,6 +460,10 @@ class RgwStore(ObjectStore):
             )
             outcome = "created" if outcome == "created" else "keys-added"
         return outcome
+
+    def set_suspended(self, uid: str, suspended: bool) -> None:
+        """Suspend the user (its keys are refused) or lift the suspension."""
+        self._admin("POST", "user", {"uid": uid, "suspended": "true" if suspended else "false"})
 
     def set_quota_record(self, uid: str, quota: dict[str, Any] | None) -> None:
         """Apply a user quota as user_record() gave it (None or disabled: no quota)."""
