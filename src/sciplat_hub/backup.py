@@ -628,11 +628,14 @@ def backup(settings: Settings, what: str, *, kind: str = "auto", force: bool = F
         )
     pending = read_state(settings, what).get("restore_pending")
     if pending and not force:
-        raise BackupError(
-            f"{what}: {pending.get('reason', 'the repository holds backups this host has not restored')}. "
+        refused = (
+            f"{pending.get('reason', 'the repository holds backups this host has not restored')}. "
             f"Not backing up the new, empty {what} over them: {RESTORE_FIRST}; or, to keep this host's "
             f"data and back it up into that repository, sciplat-backup resume {what}"
         )
+        # a failed run in the state and the metrics (last_run_success 0), the last success kept
+        _record(settings, what, None, refused, time.time())
+        raise BackupError(f"{what}: {refused}")
     started = time.time()
     with _lock(settings, what):
         try:

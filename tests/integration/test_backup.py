@@ -351,9 +351,13 @@ def test_a_host_that_lost_its_backup_state_does_not_back_up_over_the_repository(
         assert "buckets" in found["restore_first"] and "sciplat restore" in found["message"]
         refused = gw.run("sciplat-backup run buckets")
         assert refused.rc != 0 and "restore first" in refused.stderr, refused.stderr
+        metrics = gw.check_output("cat /var/lib/prometheus/node-exporter/sciplat_backup_buckets.prom")
+        assert 'sciplat_backup_last_run_success{what="buckets"} 0' in metrics
         [row] = [r for r in on_host(gw, "status") if r["what"] == "buckets"]
         assert row["ok"] is False and "restore" in row["error"]
         assert on_host(gw, "resume", "buckets")["was_waiting"] is True
         assert on_host(gw, "init")["restore_first"] == []
     finally:
         gw.check_output(f"mv -f {state}.test-saved {state}")
+    # the refused run is in the metrics (last_run_success 0): a real run puts them right again
+    assert on_host(gw, "run", "buckets")[0]["ok"]

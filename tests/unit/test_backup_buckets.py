@@ -385,6 +385,9 @@ def test_a_rebuilt_host_does_not_back_up_its_empty_services_over_the_old_backups
     monkeypatch.setattr(backup, "_backup_homes", lambda s: pytest.fail("backed up over the old backups"))
     with pytest.raises(backup.BackupError, match="restore first"):
         backup.backup(settings, "homes")
+    refused = backup.read_state(settings, "homes")
+    assert refused["ok"] is False and "sciplat-backup resume homes" in refused["error"]
+    assert "last_success" not in refused and refused["restore_pending"]
     [row] = [r for r in backup.status(settings) if r["what"] == "homes"]
     assert row["ok"] is False and "sciplat restore" in row["error"]
 
