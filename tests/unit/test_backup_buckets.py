@@ -434,3 +434,87 @@ def test_a_new_postgresql_cluster_beside_an_old_repository_waits_for_the_restore
     monkeypatch.setattr(backup, "pg_system_id", lambda s: 111)
     (tmp_path / "state" / "db.json").unlink()
     assert backup.init(settings)["kinds"]["db"]["repository"] == "empty"
+
+
+def test_sciplat_backup_lists_a_waiting_kind_as_restore_first(capsys: pytest.CaptureFixture[str]) -> None:
+    from sciplat.commands import backup as backup_cmd
+
+    backup_cmd.print_status(
+        [
+            {"what": "db", "host": "data", "ok": True, "last_run": 1.0, "last_success": 1.0, "age_seconds": 60},
+            {
+                "what": "homes",
+                "host": "gw",
+                "ok": False,
+                "error": "waits",
+                "restore_pending": {"reason": "the homes repository holds backups from before"},
+            },
+        ]
+    )
+    out = capsys.readouterr().out
+    assert "restore first" in out and "sciplat restore -i DIR --what all" in out
+
+
+# ------------------------------------------------------------------ RgwStore: users back with their keys
+
+
+class RecordingRgw:
+    """RgwStore's admin calls recorded, with a user table behind them."""
+
+    def __init__(self, users: dict[str, set[str]]) -> None:
+        from sciplat_hub.storage.rgw import RgwStore
+
+        self.store = RgwStore(["http://rgw.invalid:7480"], "AK", "SK", "https://s3.example.org")
+        self.users, self.calls = users, []
+        self.store._admin = self._admin  # type: ignore[method-assign]
+
+    def _admin(self, method: str, resource: str, params: dict[str, str], *, ok_missing: bool = False) -> Any:
+        self.calls.append((method, resource, dict(params)))
+        uid = params["uid"]
+        if method == "GET":
+            if uid not in self.users:
+                return None
+            return {
+                "user_id": uid,
+                "keys": [{"user": uid, "access_key": k, "secret_key": "x"} for k in self.users[uid]],
+            }
+        if method == "PUT" and "key" in params:
+            self.users[uid].add(params["access-key"])
+        elif method == "PUT":
+            self.users[uid] = {params["access-key"]} if "access-key" in params else set()
+        return {}
+
+
+def test_a_missing_user_is_created_with_its_keys_and_an_existing_one_only_gains_keys() -> None:
+    rgw = RecordingRgw({"bob": {"AKNEW"}})
+    alice = {
+        "uid": "alice",
+        "display_name": "Alice",
+        "email": "alice@example.org",
+        "max_buckets": 5,
+        "keys": [{"access_key": "AK1", "secret_key": "S1"}, {"access_key": "AK2", "secret_key": "S2"}],
+    }
+    assert rgw.store.restore_user(alice) == "created"
+    create = [c for c in rgw.calls if c[0] == "PUT" and "key" not in c[2]]
+    assert create == [
+        (
+            "PUT",
+            "user",
+            {
+                "uid": "alice",
+                "display-name": "Alice",
+                "max-buckets": "5",
+                "key-type": "s3",
+                "email": "alice@example.org",
+                "access-key": "AK1",
+                "secret-key": "S1",
+            },
+        )
+    ]
+    assert rgw.users["alice"] == {"AK1", "AK2"}
+
+    bob = {"uid": "bob", "keys": [{"access_key": "AKOLD", "secret_key": "S"}]}
+    assert rgw.store.restore_user(bob) == "keys-added"
+    assert rgw.users["bob"] == {"AKNEW", "AKOLD"}  # the key made since is kept
+    assert rgw.store.restore_user(bob) == "present"
+    assert not any(c[0] in ("DELETE", "POST") for c in rgw.calls)
