@@ -3,9 +3,10 @@
 Backup (on the first hub host, which has the RGW admin keys in
 /etc/sciplat/storage/client.json):
 
-1. every bucket of the cluster and its owner (admin-ops API), except those of the
-   users named in `skip_users` (the backup user, the admin-ops user);
-2. for each owner: display name, state, S3 keys and user quota; for each bucket:
+1. every RGW user and every bucket of the cluster with its owner (admin-ops API),
+   except the users named in `skip_users` (the backup user, the admin-ops user)
+   and their buckets;
+2. for each user: display name, state, S3 keys and user quota; for each bucket:
    its policy (read with the owner's keys) and bucket quota;
 3. a local mirror, `<mirror>/objects/<bucket>/<file>`, synced incrementally: an
    object is downloaded only when it is new or its size or ETag changed, a file
@@ -374,11 +375,13 @@ def mirror(
 
     skip = set(settings.skip_users)
     buckets = [b for b in store.all_buckets() if b["owner"] not in skip]
+    # every user, not only bucket owners: a group member without a bucket of their own
+    # uses the group's bucket with their own keys, which must survive a rebuild too
     users: dict[str, dict[str, Any]] = {}
-    for owner in sorted({b["owner"] for b in buckets}):
-        record = store.user_record(owner)
+    for uid in sorted((set(store.all_users()) | {b["owner"] for b in buckets}) - skip):
+        record = store.user_record(uid)
         if record is not None:
-            users[owner] = record
+            users[uid] = record
     clients = Clients(store.s3_endpoint(), store.region, settings.parallel)
 
     manifest_buckets: list[dict[str, Any]] = []
@@ -589,6 +592,12 @@ def _restore_buckets(
             continue
         try:
             counts["buckets_created"] += store.create_bucket_with(name, keys)
+        except Exception as exc:
+            errors.append(f"bucket {name}: {exc}")
+            continue
+        owners[name] = keys
+        # a policy or quota that cannot be put back is reported; the objects go back all the same
+        try:
             if bucket.get("policy") and store.policy_with(name, keys) != bucket["policy"]:
                 store.put_policy_with(name, keys, bucket["policy"])
                 counts["policies_set"] += 1
@@ -596,8 +605,6 @@ def _restore_buckets(
                 store.set_bucket_quota(name, owner, bucket["quota"])
         except Exception as exc:
             errors.append(f"bucket {name}: {exc}")
-            continue
-        owners[name] = keys
 
     def put(name: str, entry: dict[str, Any]) -> None:
         bucket_keys = owners[name]

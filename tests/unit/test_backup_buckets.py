@@ -170,6 +170,9 @@ class FakeRgw:
         }
         return access, "secret-" + access
 
+    def all_users(self) -> list[str]:
+        return sorted(self.users)
+
     def all_buckets(self) -> list[dict[str, Any]]:
         return [{"name": n, "owner": o, "quota": None} for n, o in sorted(self.owners.items())]
 
@@ -240,6 +243,7 @@ def test_mirror_then_restore_brings_users_buckets_policies_and_objects_back(moto
     s3, store = moto_s3, FakeRgw(moto_s3)
     store.add_user("alice", "AKALICE", quota={"enabled": True, "max_size": 10**9, "max_objects": -1})
     store.add_user("sciplat-backup", "AKBACKUP")
+    store.add_user("dave", "AKDAVE")  # owns no bucket (uses a group's): kept all the same
     store.create_bucket_with("home-alice", ("AKALICE", "secret-AKALICE"))
     store.create_bucket_with("sciplat-backup", ("AKBACKUP", "secret-AKBACKUP"))
     store.policies["home-alice"] = {"Version": "2012-10-17", "Statement": [{"Sid": "share"}]}
@@ -252,7 +256,7 @@ def test_mirror_then_restore_brings_users_buckets_policies_and_objects_back(moto
     first = bb.mirror(settings, store, log=lambda _: None)
     assert (first["buckets"], first["objects"], first["downloaded"]) == (1, 3, 3)
     manifest = json.loads((tmp_path / "mirror" / bb.MANIFEST).read_text())
-    assert [u["uid"] for u in manifest["users"]] == ["alice"]
+    assert [u["uid"] for u in manifest["users"]] == ["alice", "dave"]
     assert manifest["users"][0]["keys"] == [{"access_key": "AKALICE", "secret_key": "secret-AKALICE"}]
     [bucket] = manifest["buckets"]
     assert bucket["policy"]["Statement"] == [{"Sid": "share"}]
@@ -274,9 +278,10 @@ def test_mirror_then_restore_brings_users_buckets_policies_and_objects_back(moto
     for key in list(before):
         s3.delete_object(Bucket="home-alice", Key=key)
     s3.delete_bucket(Bucket="home-alice")
-    del store.owners["home-alice"], store.users["alice"], store.policies["home-alice"]
+    del store.owners["home-alice"], store.users["alice"], store.users["dave"], store.policies["home-alice"]
     counts = bb.restore_from(tmp_path / "mirror", settings, store, log=lambda _: None)
-    assert counts["users_created"] == 1 and counts["buckets_created"] == 1 and counts["uploaded"] == 3
+    assert counts["users_created"] == 2 and counts["buckets_created"] == 1 and counts["uploaded"] == 3
+    assert store.users["dave"]["keys"][0]["access_key"] == "AKDAVE"
     assert store.users["alice"]["keys"][0]["access_key"] == "AKALICE"
     assert store.policies["home-alice"]["Statement"] == [{"Sid": "share"}]
     assert store.quotas["alice"] == {"enabled": True, "max_size": 10**9, "max_objects": -1}

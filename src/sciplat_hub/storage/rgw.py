@@ -387,6 +387,11 @@ class RgwStore(ObjectStore):
             )
         return sorted(found, key=lambda b: b["name"])
 
+    def all_users(self) -> list[str]:
+        """Every RGW user id of the cluster (the admin-ops user reads the metadata)."""
+        found = self._admin("GET", "metadata/user", {}) or []
+        return sorted(str(u) for u in found if isinstance(u, str))
+
     def user_record(self, uid: str) -> dict[str, Any] | None:
         """What re-creates the user as it is: names, state, every S3 key of its own, its user quota."""
         info = self._user(uid)
