@@ -164,6 +164,9 @@ class RgwStore(ObjectStore):
         current = self._admin("GET", "user", {"quota": "", "uid": uid, "quota-type": "user"}) or {}
         if bool(current.get("enabled")) == wanted and (not wanted or int(current.get("max_size", -1)) == quota_bytes):
             return
+        self._put_user_quota(uid, enabled=wanted, max_size=quota_bytes if wanted and quota_bytes else -1)
+
+    def _put_user_quota(self, uid: str, *, enabled: bool, max_size: int = -1, max_objects: int = -1) -> None:
         self._admin(
             "PUT",
             "user",
@@ -171,9 +174,9 @@ class RgwStore(ObjectStore):
                 "quota": "",
                 "uid": uid,
                 "quota-type": "user",
-                "enabled": "true" if wanted else "false",
-                "max-size": str(quota_bytes if wanted else -1),
-                "max-objects": "-1",
+                "enabled": "true" if enabled else "false",
+                "max-size": str(max_size if enabled else -1),
+                "max-objects": str(max_objects if enabled else -1),
             },
         )
 
@@ -472,18 +475,14 @@ class RgwStore(ObjectStore):
 
     def set_quota_record(self, uid: str, quota: dict[str, Any] | None) -> None:
         """Apply a user quota as user_record() gave it (None or disabled: no quota)."""
-        enabled = bool(quota and quota.get("enabled"))
-        self._admin(
-            "PUT",
-            "user",
-            {
-                "quota": "",
-                "uid": uid,
-                "quota-type": "user",
-                "enabled": "true" if enabled else "false",
-                "max-size": str(int(quota.get("max_size", -1)) if quota and enabled else -1),
-                "max-objects": str(int(quota.get("max_objects", -1)) if quota and enabled else -1),
-            },
+        if not (quota and quota.get("enabled")):
+            self._put_user_quota(uid, enabled=False)
+            return
+        self._put_user_quota(
+            uid,
+            enabled=True,
+            max_size=int(quota.get("max_size", -1)),
+            max_objects=int(quota.get("max_objects", -1)),
         )
 
     def set_bucket_quota(self, bucket: str, owner: str, quota: dict[str, Any]) -> None:
