@@ -291,14 +291,7 @@ class RgwStore(ObjectStore):
 
     def bucket_policy(self, bucket: str, owner: str) -> dict[str, Any] | None:
         """The policy of `owner`'s bucket (None: it has none), read with the owner's keys."""
-        keys = self._owner_keys(owner)
-        status, body = self._s3("GET", bucket, keys, {"policy": ""})
-        if status == 404 and _code(body) == "NoSuchBucketPolicy":
-            return None
-        if status >= 300:
-            raise StorageError(f"reading the policy of {bucket} failed: HTTP {status} {_code(body)}")
-        policy: dict[str, Any] = json.loads(body)
-        return policy
+        return self.policy_with(bucket, self._owner_keys(owner))
 
     def set_bucket_policy(self, bucket: str, owner: str, policy: dict[str, Any] | None) -> None:
         """Replace the policy of `owner`'s bucket (None: remove it), with the owner's keys."""
