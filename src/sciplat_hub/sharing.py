@@ -49,7 +49,7 @@ import re
 import stat
 import subprocess
 import sys
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
@@ -188,6 +188,39 @@ def traversal_dirs(path: PurePosixPath, root: PurePosixPath) -> list[PurePosixPa
     for part in path.relative_to(root).parts[:-1]:
         dirs.append(dirs[-1] / part)
     return dirs
+
+
+# New files and folders directly in a folder a grantee passes through: as with umask 027, whatever the
+# owner's umask (the owner and group bits a 022 umask gives, nothing for others).
+CLOSED_DEFAULTS = "u::rwx,g::r-x,o::---"
+
+
+def closed_modes(children: Iterable[tuple[str, int]], keep: str) -> dict[str, int]:
+    """The new modes of the direct children of a folder a grantee passes through: {name: mode}.
+
+    children: (name, st_mode from lstat). Every child but `keep` (the one on the way to the shared
+    item) loses its "other" permissions; symlinks are skipped (their mode means nothing and chmod
+    would follow them), and so are children that have none.
+    """
+    return {
+        name: stat.S_IMODE(mode) & ~0o007
+        for name, mode in children
+        if name != keep and not stat.S_ISLNK(mode) and stat.S_IMODE(mode) & 0o007
+    }
+
+
+def closed_default_argv(folder: str, acl_text: str) -> list[str] | None:
+    """setfacl giving folder the default entry other::--- (None: it has it), from `getfacl -n -p` output.
+
+    A folder without a default ACL gets CLOSED_DEFAULTS; one that has a default ACL (a shared folder
+    with a share inside it) only has its default other entry changed, the rest stays.
+    """
+    defaults = [line.split("#", 1)[0].strip() for line in acl_text.splitlines()]
+    defaults = [line for line in defaults if line.startswith("default:")]
+    if "default:other::---" in defaults:
+        return None
+    entries = "o::---" if defaults else CLOSED_DEFAULTS
+    return ["setfacl", "-P", "-d", "-m", entries, "--", folder]
 
 
 def acl_qualifier(grantee_kind: str, ident: int) -> str:
@@ -602,11 +635,67 @@ class Sharing:
         if done.returncode != 0:
             raise CollabError(f"setting the access rights failed ({' '.join(argv[:-1])}): {done.stderr.strip()}")
 
-    def _acl(self, path: str, *, default: bool = False) -> dict[str, str]:
+    def _getfacl(self, path: str) -> str:
         done = self._run(["getfacl", "-n", "-p", "--omit-header", "--", path])
         if done.returncode != 0:
             raise CollabError(f"reading the access rights of {path} failed: {done.stderr.strip()}")
-        return parse_acl(done.stdout, default=default)
+        return done.stdout
+
+    def _acl(self, path: str, *, default: bool = False) -> dict[str, str]:
+        return parse_acl(self._getfacl(path), default=default)
+
+    def _close_to_others(self, path: PurePosixPath, root: PurePosixPath) -> None:
+        """Close every folder a grantee of path passes through to everyone without an entry of their own.
+
+        In each folder from root down to path's parent: the children other than the one on the way to
+        path lose their "other" permissions (chmod o-rwx, not recursive), and the folder gets the
+        default entry other::--- for what is made there later. Homes and group directories give
+        "other" nothing by themselves, so only the grantees of pass-through entries (--x) lose what
+        they could open by guessing its name; named entries (other shares) stay. The folders are
+        walked from root without following symlinks. Idempotent.
+        """
+        folders = traversal_dirs(path, root)
+        ways = [*path.relative_to(root).parts]
+        fds: list[int] = []
+        try:
+            for i, folder in enumerate(folders):
+                name = str(folder) if i == 0 else ways[i - 1]
+                try:
+                    fds.append(
+                        os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fds[-1] if fds else None)
+                    )
+                    children = []
+                    with os.scandir(fds[-1]) as entries:
+                        for entry in entries:
+                            with contextlib.suppress(FileNotFoundError):  # removed meanwhile
+                                children.append((entry.name, entry.stat(follow_symlinks=False).st_mode))
+                    for child in closed_modes(children, ways[i]):
+                        self._chmod_other_off(fds[-1], child)
+                except OSError as exc:
+                    raise CollabError(
+                        f"{folder} could not be closed to other users before sharing {path} "
+                        f"({exc.strerror or exc}); nothing was shared"
+                    ) from None
+                argv = closed_default_argv(str(folder), self._getfacl(str(folder)))
+                if argv is not None:
+                    self._setfacl(argv)
+        finally:
+            for fd in fds:
+                os.close(fd)
+
+    @staticmethod
+    def _chmod_other_off(dir_fd: int, name: str) -> None:
+        """chmod o-rwx on name in dir_fd itself, never on what a symlink points to."""
+        try:
+            fd = os.open(name, os.O_PATH | os.O_NOFOLLOW, dir_fd=dir_fd)
+        except FileNotFoundError:
+            return
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISLNK(info.st_mode) and stat.S_IMODE(info.st_mode) & 0o007:
+                os.chmod(f"/proc/self/fd/{fd}", stat.S_IMODE(info.st_mode) & ~0o007)
+        finally:
+            os.close(fd)
 
     def _apply_path(
         self,
@@ -633,6 +722,7 @@ class Sharing:
         if os.path.realpath(path) != str(path):
             raise Invalid(f"{path} is reached through a symbolic link; give its real path")
         qualifier = self._qualifier(grantee)
+        self._close_to_others(path, root)  # before anyone may pass through
         self._setfacl(grant_acl_argv(str(path), qualifier, mode, stat.S_ISDIR(info.st_mode)))
         for folder in traversal_dirs(path, root):
             entry = self._acl(str(folder)).get(qualifier)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import stat
+import subprocess
 from pathlib import Path, PurePosixPath
 from types import SimpleNamespace
 from typing import Any
@@ -10,11 +12,14 @@ from typing import Any
 import pytest
 
 from sciplat_hub import mydb_cli
-from sciplat_hub.collab import Forbidden, Invalid, NotFound
+from sciplat_hub.collab import CollabError, Forbidden, Invalid, NotFound
 from sciplat_hub.sharing import (
+    CLOSED_DEFAULTS,
     Sharing,
     canonical_table,
     check_mode,
+    closed_default_argv,
+    closed_modes,
     grant_acl_argv,
     link_name,
     link_url,
@@ -394,3 +399,112 @@ def test_a_prefix_share_with_a_group_names_its_members_with_storage_and_unsharin
     sharing.store = None
     with pytest.raises(Invalid, match="no object storage"):
         sharing._apply_prefix("alice", "home-alice/cat/", "user:bob", "ro", "s1")
+
+
+# ------------------------------------------------------------------ closing the folders passed through
+
+
+def test_every_child_but_the_way_to_the_share_loses_its_other_permissions_and_symlinks_are_skipped() -> None:
+    children = [
+        ("notes.txt", stat.S_IFREG | 0o644),
+        ("other", stat.S_IFDIR | 0o755),
+        ("project", stat.S_IFDIR | 0o755),  # on the way to project/results
+        ("run.sh", stat.S_IFREG | 0o4757),
+        ("public", stat.S_IFLNK | 0o777),
+        ("private", stat.S_IFDIR | 0o700),
+        ("team", stat.S_IFDIR | 0o2775),
+    ]
+    assert closed_modes(children, "project") == {"notes.txt": 0o640, "other": 0o750, "run.sh": 0o4750, "team": 0o2770}
+    assert closed_modes([("notes.txt", stat.S_IFREG | 0o640)], "project") == {}  # nothing left to do
+
+
+def test_a_folder_gets_the_default_other_entry_once_and_keeps_its_other_default_entries() -> None:
+    plain = "user::rwx\ngroup::---\nother::---\n"
+    assert closed_default_argv("/home/alice", plain) == [
+        "setfacl",
+        "-P",
+        "-d",
+        "-m",
+        CLOSED_DEFAULTS,
+        "--",
+        "/home/alice",
+    ]
+    assert CLOSED_DEFAULTS == "u::rwx,g::r-x,o::---"
+    shared = (
+        "user::rwx\nuser:20002:r-x\ngroup::r-x\nmask::r-x\nother::r-x\ndefault:user::rwx\n"
+        "default:user:20002:r-x\ndefault:group::r-x\ndefault:mask::r-x\ndefault:other::r-x\n"
+    )
+    assert closed_default_argv("/home/alice/proj", shared) == [
+        "setfacl",
+        "-P",
+        "-d",
+        "-m",
+        "o::---",
+        "--",
+        "/home/alice/proj",
+    ]
+    done = shared.replace("default:other::r-x", "default:other::---\t# closed")
+    assert closed_default_argv("/home/alice/proj", done) is None
+
+
+def acl_runs(sharing: Sharing) -> list[list[str]]:
+    """getfacl and setfacl (not on this machine, nor on tmpfs everywhere): recorded; getfacl shows no ACL."""
+    runs: list[list[str]] = []
+
+    def run(argv: list[str]) -> subprocess.CompletedProcess[str]:
+        runs.append(argv)
+        out = "user::rwx\ngroup::r-x\nother::r-x\n" if argv[0] == "getfacl" else ""
+        return subprocess.CompletedProcess(argv, 0, out, "")
+
+    sharing._run = run
+    return runs
+
+
+def test_closing_a_home_chmods_the_real_children_and_asks_for_the_default_entry(tmp_path: Path) -> None:
+    sharing = sharing_in(tmp_path)
+    home = tmp_path / "home" / "alice"
+    (home / "project" / "results").mkdir(parents=True)
+    (home / "other").mkdir()
+    for path, mode in [
+        (home / "notes.txt", 0o644),
+        (home / "project" / "other-file", 0o644),
+        (home / "other" / "f", 0o644),
+    ]:
+        path.write_text("x")
+        path.chmod(mode)
+    (home / "project").chmod(0o755)
+    (home / "other").chmod(0o755)
+    (home / "project" / "results").chmod(0o755)
+    outside = tmp_path / "outside.txt"
+    outside.write_text("not alice's")
+    outside.chmod(0o644)
+    (home / "link").symlink_to(outside)
+    runs = acl_runs(sharing)
+    root = PurePosixPath(str(home))
+    sharing._close_to_others(root / "project" / "results", root)
+    modes = {
+        p: stat.S_IMODE(os.lstat(home / p).st_mode) for p in ("notes.txt", "other", "project", "project/other-file")
+    }
+    assert modes == {"notes.txt": 0o640, "other": 0o750, "project": 0o755, "project/other-file": 0o640}
+    assert stat.S_IMODE((home / "project" / "results").stat().st_mode) == 0o755  # the shared item: untouched
+    assert stat.S_IMODE((home / "other" / "f").stat().st_mode) == 0o644  # not recursive: other/ closes it
+    assert stat.S_IMODE(outside.stat().st_mode) == 0o644  # the symlink was not followed
+    assert [argv for argv in runs if argv[0] == "setfacl"] == [
+        ["setfacl", "-P", "-d", "-m", CLOSED_DEFAULTS, "--", str(home)],
+        ["setfacl", "-P", "-d", "-m", CLOSED_DEFAULTS, "--", str(home / "project")],
+    ]
+
+
+def test_a_folder_swapped_for_a_symlink_is_refused_with_a_sentence(tmp_path: Path) -> None:
+    sharing = sharing_in(tmp_path)
+    home = tmp_path / "home" / "alice"
+    (tmp_path / "elsewhere" / "x").mkdir(parents=True)
+    victim = tmp_path / "elsewhere" / "secret"
+    victim.write_text("s")
+    victim.chmod(0o644)
+    (home / "project").symlink_to(tmp_path / "elsewhere")
+    acl_runs(sharing)
+    root = PurePosixPath(str(home))
+    with pytest.raises(CollabError, match=r"could not be closed to other users .* nothing was shared"):
+        sharing._close_to_others(root / "project" / "x", root)
+    assert stat.S_IMODE(victim.stat().st_mode) == 0o644
