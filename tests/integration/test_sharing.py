@@ -133,6 +133,50 @@ def test_a_folder_shared_read_only_then_read_write_then_unshared(
     assert on_hub(gw, "list", b["name"])["with_me"] == []
 
 
+def test_a_share_deep_in_a_home_opens_nothing_else_of_it(
+    users: dict[str, dict[str, Any]], shares: list[str], gw: Any
+) -> None:
+    """B passes through A's home and ~/project to reach ~/project/results, and reads nothing else on the way."""
+    a, b = users["a"], users["b"]
+    home = f"/home/{a['name']}"
+    ok(
+        a["gw"].run(
+            "umask 022 && cd && mkdir -p project/results other && echo r > project/results/r.txt"
+            " && echo o > project/other-file && echo f > other/f.txt && echo n > notes.txt"
+            " && chmod 0755 project project/results other && chmod 0644 notes.txt other/f.txt project/other-file"
+        )
+    )
+    share = on_hub(gw, "create", a["name"], "path", "project/results", f"user:{b['name']}")
+    shares.append(share["id"])
+    assert ok(b["gw"].run(f"cat ~/shared/{a['name']}/results/r.txt && cat {home}/project/results/r.txt")) == "r\nr\n"
+    for command in (
+        f"cat {home}/notes.txt",
+        f"ls {home}/other",
+        f"cat {home}/other/f.txt",
+        f"cat {home}/project/other-file",
+    ):
+        denied = b["gw"].run(command)
+        assert denied.rc != 0 and "Permission denied" in denied.stderr, (command, denied.stdout)
+    # what A makes later directly in the home (or in ~/project) is closed as well, whatever A's umask
+    ok(a["gw"].run("umask 022 && echo later > ~/later.txt && echo later > ~/project/later.txt"))
+    for later in (f"{home}/later.txt", f"{home}/project/later.txt"):
+        denied = b["gw"].run(f"cat {later}")
+        assert denied.rc != 0 and "Permission denied" in denied.stderr
+    # A keeps everything: only "other" was taken away (group and owner bits as a 022 umask gives them)
+    modes = ok(a["gw"].run("cd && stat -c '%n %A' notes.txt other project project/other-file later.txt"))
+    assert modes.split("\n")[:-1] == [
+        "notes.txt -rw-r-----",
+        "other drwxr-x---",
+        "project drwxr-xr-x",  # on the way to the share: B passes through it (by its own entry)
+        "project/other-file -rw-r-----",
+        "later.txt -rw-r-----",
+    ]
+    assert ok(a["gw"].run("cat ~/notes.txt ~/other/f.txt ~/later.txt")) == "n\nf\nlater\n"
+    on_hub(gw, "delete", share["id"])
+    shares.remove(share["id"])
+    assert b["gw"].run(f"cat {home}/project/results/r.txt").rc != 0
+
+
 def test_only_the_owner_or_an_operator_ends_a_share_and_nobody_shares_what_is_not_theirs(
     users: dict[str, dict[str, Any]], shares: list[str], gw: Any
 ) -> None:
