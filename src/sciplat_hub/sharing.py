@@ -593,6 +593,7 @@ class Sharing:
             conn.execute("DELETE FROM platform_shares WHERE id = %s", [share_id])
             if share.kind == "path":
                 self._reapply_paths(conn, share.grantee, exclude=share_id)
+                self._reapply_inside(conn, share.target)
 
     def refresh(self, grantee: str) -> list[Share]:
         """Apply every share to `grantee` again (after a group's members changed: links and bucket principals)."""
@@ -772,6 +773,20 @@ class Sharing:
                 continue  # only shares inside the one just made were overwritten by it
             try:
                 self._apply_path(share.owner, share.target, grantee, share.mode, share.id, detail, ())
+            except CollabError as exc:  # e.g. the item was removed meanwhile
+                log.warning("share %s could not be applied again: %s", share.id, exc)
+
+    def _reapply_inside(self, conn: Any, target: str) -> None:
+        """Apply the path shares inside target again (any grantee), outer before inner.
+
+        Unsharing a folder may drop every default ACL below it (setfacl -R -k): the default entries
+        of shares inside it and the default other::--- of the folders those shares pass through.
+        """
+        prefix = target.rstrip("/") + "/"
+        rows = self._rows(conn, "kind = 'path' AND left(target, %s) = %s", [len(prefix), prefix])
+        for share, detail in sorted(rows, key=lambda r: len(r[0].target)):
+            try:
+                self._apply_path(share.owner, share.target, share.grantee, share.mode, share.id, detail, ())
             except CollabError as exc:  # e.g. the item was removed meanwhile
                 log.warning("share %s could not be applied again: %s", share.id, exc)
 

@@ -172,6 +172,19 @@ def test_a_share_deep_in_a_home_opens_nothing_else_of_it(
         "later.txt -rw-r-----",
     ]
     assert ok(a["gw"].run("cat ~/notes.txt ~/other/f.txt ~/later.txt")) == "n\nf\nlater\n"
+    # ending another share of ~/project (to a group of A's alone) leaves B's share inside it as it was
+    group = f"shc-{secrets.token_hex(3)}"
+    collab = f"{PY} -m sciplat_hub.collab"
+    ok(gw.run(f"{collab} create {group} --owner {a['name']}"))
+    try:
+        outer = on_hub(gw, "create", a["name"], "path", "project", f"group:{group}")
+        on_hub(gw, "delete", outer["id"])
+    finally:
+        gw.run(f"{collab} delete {group} && {collab} purge {group} --yes")
+    ok(a["gw"].run("umask 077 && echo new > ~/project/results/new.txt && umask 022 && echo x > ~/project/later2.txt"))
+    assert ok(b["gw"].run(f"cat {home}/project/results/new.txt")) == "new\n"
+    denied = b["gw"].run(f"cat {home}/project/later2.txt")
+    assert denied.rc != 0 and "Permission denied" in denied.stderr
     on_hub(gw, "delete", share["id"])
     shares.remove(share["id"])
     assert b["gw"].run(f"cat {home}/project/results/r.txt").rc != 0
