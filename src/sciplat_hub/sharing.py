@@ -9,7 +9,10 @@ on a hub host, as root, with the components' admin settings of that host.
   plus the same *default* entry on every folder so that what is created there
   later inherits it. The folders above it (from the home or group directory down)
   get the execute-only entry ``--x``: the grantee may pass through them to reach
-  the shared item, not list or read them. ceph-fuse enforces these ACLs
+  the shared item, not list or read them. Each of those folders is closed to
+  "other" first (its other children: chmod o-rwx; itself: default other::---), so
+  passing through does not open the files in them that are readable by everyone.
+  ceph-fuse enforces these ACLs
   (``client_acl_type = posix_acl``, set by the ceph role).
   JupyterLab's file browser starts at the recipient's home, so the recipient
   gets a symlink ``~/shared/<owner>/<name>`` (every member of a group gets one),
