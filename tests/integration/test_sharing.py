@@ -133,7 +133,7 @@ def test_a_folder_shared_read_only_then_read_write_then_unshared(
     assert on_hub(gw, "list", b["name"])["with_me"] == []
 
 
-def test_a_share_deep_in_a_home_opens_nothing_else_of_it(
+def test_a_share_deep_in_a_home_or_group_directory_opens_nothing_else_of_it(
     users: dict[str, dict[str, Any]], shares: list[str], gw: Any
 ) -> None:
     """B passes through A's home and ~/project to reach ~/project/results, and reads nothing else on the way."""
@@ -179,6 +179,22 @@ def test_a_share_deep_in_a_home_opens_nothing_else_of_it(
     try:
         outer = on_hub(gw, "create", a["name"], "path", "project", f"group:{group}")
         on_hub(gw, "delete", outer["id"])
+        # a share out of the group directory to B (no member) opens nothing else of it either
+        gdir = f"/groups/{group}"
+        ok(a["gw"].run(f"umask 022 && mkdir {gdir}/res && echo g > {gdir}/res/g.txt && echo o > {gdir}/open.txt"))
+        gshare = on_hub(gw, "create", a["name"], "path", f"{gdir}/res", f"user:{b['name']}")
+        shares.append(gshare["id"])
+        assert ok(b["gw"].run(f"cat {gdir}/res/g.txt")) == "g\n"
+        ok(a["gw"].run(f"umask 022 && echo later > {gdir}/later.txt"))
+        for item in ("open.txt", "later.txt"):
+            denied = b["gw"].run(f"cat {gdir}/{item}")
+            assert denied.rc != 0 and "Permission denied" in denied.stderr
+        # the group's members keep reading what is made there (group bits as a 022 umask gives them)
+        assert ok(a["gw"].run(f"stat -c '%A %G' {gdir}/open.txt {gdir}/later.txt")) == (
+            f"-rw-r----- {group}\n-rw-r----- {group}\n"
+        )
+        on_hub(gw, "delete", gshare["id"])
+        shares.remove(gshare["id"])
     finally:
         gw.run(f"{collab} delete {group} && {collab} purge {group} --yes")
     ok(a["gw"].run("umask 077 && echo new > ~/project/results/new.txt && umask 022 && echo x > ~/project/later2.txt"))
