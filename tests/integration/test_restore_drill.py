@@ -5,7 +5,7 @@
    backups are switched to it the way an operator would: `backup.target`,
    `backup.endpoint` and `backup.region` in platform.yaml, and the bed-only settings
    (the endpoint's name pinned to the bed network's .1, the platform CA as the
-   endpoint's CA) in `group_vars/all/offsite-s3.yml`. `sciplat up --tags backup`.
+   endpoint's CA) appended to `group_vars/all.yml`. `sciplat up --tags backup`.
 2. Two users sign up, are approved, sign in and are provisioned (as the hub does);
    each gets random bytes in their home, an object in their home bucket and rows
    in their MyDB database; a collaboration (sciplat-groups) holds both, with a file
@@ -55,7 +55,9 @@ pytestmark = pytest.mark.rebuild
 
 GW, DATA = "gw", "data"
 BUCKET = "sciplat-offsite"
-SETTINGS_FILE = INVENTORY / "group_vars" / "all" / "offsite-s3.yml"
+# Not a group_vars/all/ directory beside all.yml: Ansible then reads only the directory
+# (the bed's all.yml, with the OIDC client secret the hub's preflight needs, was ignored).
+SETTINGS_FILE = INVENTORY / "group_vars" / "all.yml"
 RECORD = INVENTORY / "logs" / "restore-drill.json"
 KiB = 1024
 
@@ -66,7 +68,7 @@ def offsite(deployed: dict[str, Any]) -> Iterator[offsite_s3.OffsiteS3]:
     target = offsite_s3.start(INVENTORY, bucket=BUCKET)
     spec_file = INVENTORY / "platform.yaml"
     original_spec = spec_file.read_text()
-    created_dir = not SETTINGS_FILE.parent.exists()
+    original_settings = SETTINGS_FILE.read_text() if SETTINGS_FILE.is_file() else None
     try:
         spec = yaml.safe_load(original_spec)
         spec["backup"] = {
@@ -80,9 +82,15 @@ def offsite(deployed: dict[str, Any]) -> Iterator[offsite_s3.OffsiteS3]:
             + yaml.safe_dump(spec, sort_keys=False)
         )
         SETTINGS_FILE.parent.mkdir(exist_ok=True)
+        # the bed's own one-line values of these two keys give way to the drill's
+        kept = [
+            line
+            for line in (original_settings or "---\n").splitlines(keepends=True)
+            if not line.startswith(("backup_s3_address:", "backup_s3_ca_file:"))
+        ]
         SETTINGS_FILE.write_text(
-            "# The restore drill's off-site S3 (tests/integration/offsite_s3.py) listens on the bed\n"
-            "# network's host side; its certificate is signed by the platform CA.\n"
+            "".join(kept) + "\n# The restore drill's off-site S3 (tests/integration/offsite_s3.py) listens on the bed\n"
+            "# network's host side; its certificate is signed by the platform CA. Removed after the drill.\n"
             + yaml.safe_dump({"backup_s3_address": target.address, "backup_s3_ca_file": "/etc/sciplat/pki/ca.crt"})
         )
         deploy = json.loads(sciplat("up", "-i", str(INVENTORY), "--tags", "backup", "--json", timeout=1200).stdout)
@@ -90,9 +98,10 @@ def offsite(deployed: dict[str, Any]) -> Iterator[offsite_s3.OffsiteS3]:
         yield target
     finally:
         spec_file.write_text(original_spec)
-        SETTINGS_FILE.unlink(missing_ok=True)
-        if created_dir:
-            SETTINGS_FILE.parent.rmdir()
+        if original_settings is None:
+            SETTINGS_FILE.unlink(missing_ok=True)
+        else:
+            SETTINGS_FILE.write_text(original_settings)
         # the hosts keep pointing at the stopped target until the next `sciplat up --tags backup`
         # (the drill is the last test: nothing after it backs up)
         target.stop()
