@@ -27,7 +27,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-secrets_app = typer.Typer(help="Read the platform's generated secrets.", no_args_is_help=True)
+secrets_app = typer.Typer(help="Read and rotate the platform's generated secrets.", no_args_is_help=True)
 testbed_app = typer.Typer(help="The local test bed: podman hosts that behave like servers.", no_args_is_help=True)
 app.add_typer(secrets_app, name="secrets")
 app.add_typer(testbed_app, name="testbed")
@@ -280,6 +280,7 @@ def secrets_list(inventory: InventoryOpt, as_json: JsonOpt = False) -> None:
             "kind": d.decl.kind,
             "declared_by": str(d.source.relative_to(repo)),
             "generated": "yes" if name in existing else "no",
+            "rotation": f"--tags {','.join(d.decl.rotation.tags)}" if d.decl.rotation else "",
             "description": d.decl.description,
         }
         for name, d in sorted(secrets_mod.declarations(repo).items())
@@ -288,17 +289,63 @@ def secrets_list(inventory: InventoryOpt, as_json: JsonOpt = False) -> None:
         print(json.dumps(rows, indent=2))
         return
     table = Table(box=None, header_style="bold")
-    for column in ("name", "kind", "generated", "declared by", "description"):
+    for column in ("name", "kind", "generated", "rotation", "declared by", "description"):
         table.add_column(column)
     for row in rows:
         table.add_row(
             row["name"],
             row["kind"],
             row["generated"],
+            row["rotation"],
             row["declared_by"],
             row["description"],
         )
     console.print(table)
+
+
+@secrets_app.command("rotate")
+def secrets_rotate(
+    name: Annotated[str, typer.Argument(help="Secret to replace, e.g. slurm_controller_munge_key.")],
+    inventory: InventoryOpt,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    apply: Annotated[
+        bool, typer.Option("--apply", help="Roll the new value out now: `sciplat up --tags` with its tags.")
+    ] = False,
+) -> None:
+    """Replace one secret in the vault with a new value (only secrets that declare `rotation:`)."""
+    spec = _validated(inventory, warnings=False)
+    try:
+        secrets_mod.rotatable(repo_root(), name)  # refused before anyone is asked to confirm
+    except secrets_mod.SecretError as exc:
+        err.print(f"[red]secrets:[/] {exc}")
+        raise typer.Exit(1) from None
+    if not yes:
+        if not sys.stdin.isatty():
+            err.print(f"[red]rotating {name} needs confirmation[/]: add --yes (stdin is not a terminal)")
+            raise typer.Exit(1)
+        typer.confirm(f"Replace {name} in {inventory / secrets_mod.VAULT_FILE} with a new value?", abort=True)
+    try:
+        rotated = secrets_mod.rotate(
+            inventory,
+            repo_root(),
+            name,
+            platform_name=spec.platform.name,
+            ca_validity_days=spec.tls.ca_validity // 86400,
+        )
+    except secrets_mod.SecretError as exc:
+        err.print(f"[red]secrets:[/] {exc}")
+        raise typer.Exit(1) from None
+    tags = ",".join(rotated.tags)
+    console.print(
+        f"rotated {name} in {rotated.vault}; the hosts still use the old value until it is rolled out", soft_wrap=True
+    )
+    if rotated.notice:
+        console.print(f"while it is rolled out: {rotated.notice}", soft_wrap=True)
+    if not apply:
+        console.print(f"next: sciplat up -i {inventory} --tags {tags}   (every host: no --limit)", soft_wrap=True)
+        return
+    console.print(f"rolling it out: sciplat up -i {inventory} --tags {tags}", soft_wrap=True)
+    up(inventory, tags=[tags])
 
 
 # ------------------------------------------------------------------ test bed

@@ -11,6 +11,12 @@ are not a role yet in `playbooks/secrets/<component>.yml`):
 necessary; a secret whose condition does not hold is not generated (an existing
 one is kept, so switching back later finds the same value).
 
+`rotation` (optional) says that the secret may be replaced by
+`sciplat secrets rotate NAME`, and which site.yml tags push a new value to
+every host that uses it (`rotation: {tags: [slurm]}`). A secret without it is
+never rotated by sciplat: its consumers cannot take a new value safely by a
+plain re-run (a database password that other services hold, the platform CA).
+
 `ensure()` adds every declared secret that is missing from
 `<inventory>/secrets.vault.yml` and never touches one that exists, so passwords,
 keys and the CA survive every later run. The vault password comes from
@@ -28,13 +34,23 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 VAULT_FILE = "secrets.vault.yml"
 
 
 class SecretError(Exception):
     """A problem the operator must fix (no password, a broken declaration, a vault that won't open)."""
+
+
+class Rotation(BaseModel):
+    """How a new value of a secret reaches the hosts: `sciplat up --tags <tags>`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tags: list[str] = Field(min_length=1)
+    # what users notice while the new value is rolled out (printed by `secrets rotate`)
+    notice: str = ""
 
 
 class SecretDecl(BaseModel):
@@ -45,6 +61,17 @@ class SecretDecl(BaseModel):
     description: str = ""
     # dotted platform.yaml field -> the value that makes this secret necessary
     needed_when: dict[str, str] = Field(default_factory=dict)
+    # set when `sciplat secrets rotate` may replace it (see the module's docstring)
+    rotation: Rotation | None = None
+
+    @model_validator(mode="after")
+    def _ca_is_never_rotated(self) -> SecretDecl:
+        if self.kind == "x509_ca" and self.rotation is not None:
+            raise ValueError(
+                "an x509_ca secret cannot declare rotation: every certificate the platform issued "
+                "chains to it; remove `rotation:`"
+            )
+        return self
 
     def needed(self, settings: dict[str, Any] | None) -> bool:
         """Whether the platform's settings (a dumped PlatformSpec) need this secret; None: assume so."""
@@ -244,3 +271,51 @@ def ensure(
     if created or not path.exists():
         write_vault(path, password, current)
     return current, created
+
+
+@dataclass(frozen=True)
+class Rotated:
+    name: str
+    tags: tuple[str, ...]
+    notice: str
+    vault: Path
+
+
+def rotatable(repo: Path, name: str) -> tuple[SecretDecl, Rotation]:
+    """The declaration of a secret `sciplat secrets rotate` may replace; SecretError for any other name."""
+    declared = declarations(repo)
+    if name not in declared:
+        raise SecretError(
+            f"no secret named {name!r} is declared (roles/*/meta/secrets.yml); "
+            "`sciplat secrets list -i INVENTORY` shows the names"
+        )
+    decl, source = declared[name].decl, declared[name].source.relative_to(repo)
+    if decl.rotation is None:
+        raise SecretError(
+            f"{name} cannot be rotated by sciplat: its declaration ({source}) has no `rotation:`, "
+            "so no re-run is known to hand a new value to everything that uses it safely"
+        )
+    return decl, decl.rotation
+
+
+def rotate(inventory_dir: Path, repo: Path, name: str, *, platform_name: str, ca_validity_days: int) -> Rotated:
+    """Replace one existing secret in the vault with a fresh value of its declared kind.
+
+    Only secrets whose declaration has `rotation:` are rotated; every other entry of
+    the vault keeps its value. The hosts get the new value from `sciplat up --tags`
+    with the declared tags (returned in `Rotated.tags`).
+    """
+    decl, rotation = rotatable(repo, name)
+    password, _ = password_source(platform_name)
+    path = inventory_dir / VAULT_FILE
+    current = read_vault(path, password)
+    if name not in current:
+        raise SecretError(f"{name} has not been generated yet ({path}); `sciplat up` generates it, nothing to rotate")
+    old = current[name]
+    new = old
+    while new == old:  # a fresh value, never the old one
+        new = generate(decl, platform_name=platform_name, ca_validity_days=ca_validity_days)
+    write_vault(path, password, current | {name: new})
+    if read_vault(path, password).get(name) != new:  # pragma: no cover - a broken write raises before this
+        raise SecretError(f"{path} did not keep the new value of {name}")
+    return Rotated(name, tuple(rotation.tags), rotation.notice, path)
