@@ -49,7 +49,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -999,7 +999,41 @@ def _restore_slurm(settings: Settings, to: dt.datetime | None) -> dict[str, Any]
                 raise BackupError(f"mariadb refused the dump: {process.stderr.strip()[-300:]}")
         finally:
             _systemctl("start", service)
+    _reload_slurm_associations(settings)
     return {"restored": "slurm", "snapshot": snapshot["short_id"], "time": snapshot["time"]}
+
+
+def _reload_slurm_associations(settings: Settings) -> None:
+    """slurmctld reads the restored associations.
+
+    The restore replaced slurmdbd's tables behind slurmctld's back: slurmctld
+    still enforces the associations it had cached, so a restored user's jobs
+    were refused ("Invalid account or account/partition combination") until
+    it restarted. It restarts once slurmdbd answers; running jobs carry on.
+    """
+    controller = str(settings.slurm.get("controller_service", "slurmctld"))
+    if subprocess.run(["systemctl", "is-active", "--quiet", controller], check=False).returncode != 0:
+        return  # no controller on this host, or it is stopped on purpose: it reads them when it starts
+    timeout = float(settings.slurm.get("ready_timeout", 120))
+    _wait_until(lambda: _answers(["sacctmgr", "--noheader", "show", "cluster"]) is not None, timeout,
+                "slurmdbd did not answer after the restore; restart slurmctld once it does")  # fmt: skip
+    _systemctl("restart", controller)
+    _wait_until(lambda: "is UP" in (_answers(["scontrol", "ping"]) or ""), timeout,
+                "slurmctld did not answer after its restart; see `journalctl -u slurmctld`")  # fmt: skip
+
+
+def _answers(argv: list[str]) -> str | None:
+    """The command's output when it succeeds, None when it fails."""
+    done = subprocess.run(argv, capture_output=True, text=True, check=False)
+    return done.stdout if done.returncode == 0 else None
+
+
+def _wait_until(ready: Callable[[], object], timeout: float, failure: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if time.monotonic() > deadline:
+            raise BackupError(failure)
+        time.sleep(2)
 
 
 def restore(

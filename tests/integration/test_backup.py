@@ -1,7 +1,8 @@
 """Backups on the test bed: every kind backs up, its age reaches Prometheus and `sciplat
 backup`, retention removes the oldest backups, PITR (into a scratch copy beside the
 live cluster), a deleted file in a home, a deleted directory entry and a deleted
-object-storage user with its bucket and objects come back; a host that lost its
+object-storage user with its bucket and objects come back, a restored Slurm
+association takes jobs at once; a host that lost its
 backup state does not back up over the repository's backups.
 
 Kinds and hosts on this bed: db, directory, slurm on `data`; homes, buckets on `gw`.
@@ -24,9 +25,10 @@ from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import ClientError
 
 from tests.integration.conftest import INVENTORY, sciplat
+from tests.integration.test_slurm import as_user, slurm_user
 from tests.integration.test_storage import endpoint, hub_python, s3
 
-__all__ = ["endpoint"]  # a fixture of test_storage used here
+__all__ = ["endpoint", "slurm_user"]  # fixtures of test_storage and test_slurm used here
 
 DATA, GW = "data", "gw"
 KINDS = {"db", "homes", "directory", "slurm", "buckets"}
@@ -234,6 +236,34 @@ def test_a_deleted_directory_entry_comes_back(host_of: Callable[[str], Any]) -> 
         data.check_output(f"rm -rf {shlex.quote(previous[0])}")  # the database it replaced
     finally:
         data.run(f"ldapdelete -Q -Y EXTERNAL -H ldapi:/// {shlex.quote(dn)}")
+
+
+SLURM_ACCOUNT = "sciplat-backup-test"
+
+
+@pytest.mark.destructive
+def test_a_restored_slurm_association_takes_jobs_at_once(slurm_user: str, host_of: Callable[[str], Any]) -> None:
+    """Replaces Slurm's accounting database with the backup: slurmdbd stops and slurmctld restarts.
+
+    As after a rebuild, the restored database has an association slurmctld has not
+    seen: the user's jobs under it must be accepted right after the restore.
+    """
+    data, gw = host_of(DATA), host_of(GW)
+    association = f"user where name={slurm_user} account={SLURM_ACCOUNT}"
+    job = f"sbatch --parsable --wait --account={SLURM_ACCOUNT} --time=1 --mem=50M --wrap=true"
+    data.check_output(f"sciplat-slurm-accounts ensure-user {slurm_user} {SLURM_ACCOUNT}")
+    try:
+        assert as_user(gw, job).rc == 0
+        on_host(data, "run", "slurm")
+        data.check_output(f"sacctmgr --immediate delete {association}")
+        refused = as_user(gw, job)
+        assert refused.rc != 0 and "account" in refused.stderr.lower(), refused.stderr
+        result = json.loads(sciplat("restore", "-i", str(INVENTORY), "--what", "slurm", "--yes", "--json").stdout)
+        assert result["ok"], result
+        accepted = as_user(gw, job)
+        assert accepted.rc == 0, f"the restored association was refused: {accepted.stderr}"
+    finally:
+        data.run(f"sacctmgr --immediate delete {association}; sacctmgr --immediate delete account {SLURM_ACCOUNT}")
 
 
 # ------------------------------------------------------------------ buckets

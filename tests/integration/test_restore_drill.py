@@ -47,7 +47,7 @@ import yaml
 from tests.integration import offsite_s3
 from tests.integration.conftest import INVENTORY, PLATFORM_NAME, sciplat
 from tests.integration.test_collab import groups_cmd, provisioned
-from tests.integration.test_hub import _session, api, login, users_json
+from tests.integration.test_hub import _session, api, login, run_code, start_server, users_json
 from tests.integration.test_mydb import User
 from tests.integration.test_storage import endpoint, s3  # noqa: F401  (endpoint: a fixture)
 
@@ -233,7 +233,17 @@ def test_the_platform_comes_back_from_offsite_backups_onto_a_rebuilt_bed(
     assert members == sorted([a.name, b.name])
     assert set(gw.check_output(f"getent group {group}").strip().split(":")[3].split(",")) == {a.name, b.name}
 
-    # the API token from before the loss is valid (the hub's database came back). A server start
-    # right after the restore answered HTTP 500 on the 4-host bed (2026-12-05, not yet understood):
-    # not asserted here until it is fixed.
+    # the API token from before the loss is valid (the hub's database came back), and
+    # a server starts on the rebuilt platform and sees the restored home
     assert api(token, "GET", "/hub/api/user", ca_cert).json()["name"] == a.name
+    try:
+        start_server(token, a.name, ca_cert, timeout=180)
+        out = run_code(
+            token,
+            a.name,
+            "import hashlib, pathlib; print(hashlib.sha256(pathlib.Path('drill.bin').read_bytes()).hexdigest())",
+            ca_cert,
+        )
+        assert out.strip() == expected[f"/home/{a.name}/drill.bin"]
+    finally:
+        api(token, "DELETE", f"/hub/api/users/{a.name}/server", ca_cert)
