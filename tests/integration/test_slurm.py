@@ -1,12 +1,10 @@
 """Slurm on the deployed test bed, as users and operators see it.
 
 The test user is a plain local account created here with the same uid on the hub
-(gw), the controller (data) and the compute nodes (c1, c2): the LDAP directory
-that will give every host the same accounts is built by another part of
-sciplat; once it is deployed this fixture should create the user there instead.
-Homes are not shared yet (CephFS comes separately), so job output goes to a
-path on the node that ran the job and the tests read it there; once /home is
-CephFS the executed notebooks appear next to the input on every host.
+(gw), the controller (data) and the compute nodes (c1, c2), so these tests need
+no sign-in. Its home is on the shared /home (CephFS on the hub and the compute
+nodes): what a job writes there on c1 or c2 is read back on the hub, where the
+user submitted it.
 """
 
 from __future__ import annotations
@@ -77,7 +75,7 @@ def slurm_user(host_of: Callable[[str], Any]) -> Iterator[str]:
 
 
 def write_notebook(host_of: Callable[[str], Any], name: str, cells: list[tuple[str, str, list[str]]]) -> str:
-    """The same notebook in HOME on the hub and every compute node (homes are not shared yet)."""
+    """A notebook in the user's shared HOME, written on the hub where the user submits."""
     notebook = {
         "cells": [
             {"cell_type": kind, "metadata": {"tags": tags}, "source": source, "outputs": [], "execution_count": None}
@@ -91,9 +89,7 @@ def write_notebook(host_of: Callable[[str], Any], name: str, cells: list[tuple[s
     }
     path = f"{HOME}/{name}"
     body = json.dumps(notebook)
-    for host_name in (SUBMIT, *NODES):
-        host = host_of(host_name)
-        host.run(f"printf %s {shlex.quote(body)} > {path} && chown {USER}: {path}")
+    host_of(SUBMIT).check_output(f"printf %s {shlex.quote(body)} > {path} && chown {USER}: {path}")
     return path
 
 
@@ -129,13 +125,13 @@ def test_enforcement_settings(host_of: Callable[[str], Any]) -> None:
 
 def test_sbatch_from_the_hub_runs_on_a_compute_node(slurm_user: str, host_of: Callable[[str], Any]) -> None:
     gw = host_of(SUBMIT)
-    job_id = submit(gw, "--output=/tmp/slurmtest-%j.out --wrap 'hostname; id -un'")
+    job_id = submit(gw, f"--output={HOME}/slurmtest-%j.out --wrap 'hostname; id -un'")
     row = wait_for(f"job {job_id} to finish", lambda: finished(gw, job_id), timeout=90)
     assert row[0] == "COMPLETED", row
     node = row[1]
     assert node in NODES
-    # homes are not shared yet: the output is on the node that ran the job
-    assert host_of(node).file(f"/tmp/slurmtest-{job_id}.out").content_string.split() == [node, USER]
+    # the output appears in the shared home, read on the hub
+    assert gw.file(f"{HOME}/slurmtest-{job_id}.out").content_string.split() == [node, USER]
 
 
 def test_srun_from_the_hub_reaches_both_nodes(slurm_user: str, host_of: Callable[[str], Any]) -> None:
@@ -235,11 +231,11 @@ def test_failing_notebook_reports_the_failing_cell(slurm_user: str, host_of: Cal
         every=2,
     )
     assert status["state"] == "FAILED", status
-    # the node that ran it has the files (on CephFS homes, the hub would too)
-    node_view = as_user(host_of(status["node"]), f"sciplat-job status {job_id}")
-    assert node_view.rc == 1
-    assert "failed in cell 3" in node_view.stdout and "ZeroDivisionError" in node_view.stdout, node_view.stdout
-    log = as_user(host_of(status["node"]), f"sciplat-job logs {job_id}").stdout
+    # the user reads why on the hub, from the files the node wrote into the shared home
+    hub_view = as_user(gw, f"sciplat-job status {job_id}")
+    assert hub_view.rc == 1
+    assert "failed in cell 3" in hub_view.stdout and "ZeroDivisionError" in hub_view.stdout, hub_view.stdout
+    log = as_user(gw, f"sciplat-job logs {job_id}").stdout
     assert "the notebook failed in cell 3" in log
 
 
