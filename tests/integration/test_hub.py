@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 import secrets
+import shlex
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -289,3 +290,30 @@ def test_tutorial_user_gets_a_confined_server(
     assert "ProtectHome=tmpfs" in unit.stdout, unit.stdout
     assert "RuntimeMaxUSec=infinity" not in unit.stdout, "a tutorial server must have a lifetime"
     api(tutorial_token, "DELETE", f"/hub/api/users/{name}/server", ca_cert)
+
+
+def test_a_tutorial_user_is_removed_once_its_lifetime_is_over(ca_cert: Path, host_of: Callable[[str], Any]) -> None:
+    """One round of the hub's own reaper, with its own token, and a lifetime the user has outlived.
+
+    The bed's tutorial lifetime is 20 minutes; instead of waiting it out, the test runs the
+    running reaper's code (`reap_once`) with the reaper service's token, read from its process.
+    """
+    name, token = tutorial_sign_in(ca_cert)
+    start_server(token, name, ca_cert)
+    gw = host_of("gw")
+    pid = gw.check_output("pgrep -f -o 'sciplat_hub.hub_tutorial'").strip()
+    python = gw.check_output(f"tr '\\0' '\\n' < /proc/{pid}/cmdline | head -1").strip()
+    reap = (
+        "import json, os\n"
+        f"env = dict(e.split('=', 1) for e in open('/proc/{pid}/environ').read().split('\\0') if '=' in e)\n"
+        "os.environ.update({k: env[k] for k in ('JUPYTERHUB_API_URL', 'JUPYTERHUB_API_TOKEN')})\n"
+        "from sciplat_hub.hub_tutorial import reap_once\n"
+        "print(json.dumps(reap_once(1)))\n"
+    )
+    removed = json.loads(gw.check_output(f"{python} -c {shlex.quote(reap)}").splitlines()[-1])
+    assert name in removed, removed
+    assert name not in {u["name"] for u in users_json()}
+    assert api(token, "GET", "/hub/api/user", ca_cert).status_code == 403  # its token went with it
+    assert gw.run(f"id {name}").rc != 0, "the tutorial user's system account is left"
+    unit = gw.run(f"systemctl is-active jupyter-{name}-default").stdout.strip()
+    assert unit in ("inactive", "unknown", "failed"), unit
