@@ -2,10 +2,11 @@
 
 Makes N users (native sign-up, approved with `sciplat users approve`, a token
 with `sciplat token`), then starts their default servers one after another and
-then all at once, timing each from the POST until the hub reports the server
-ready, and notes where each server runs: the compute node of its Slurm job
-(hub_spawner slurm) or "hub" (a systemd unit on the hub host). Samples the hub
-process's CPU and memory meanwhile. Stops the servers afterwards. Writes
+then all at once (not with --sequential-only), timing each from the POST until
+the hub reports the server ready, and notes where each server runs: the compute
+node of its Slurm job (hub_spawner slurm) or "hub" (a systemd unit on the hub
+host). Samples the hub process's CPU and memory meanwhile, and notes the
+machine's load average. Stops the servers afterwards. Writes
 benchmarks/results/hub-spawn-<time>.json.
 
     .venv/bin/python benchmarks/hub_spawn.py -i inventories/local --users 20
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import platform
 import secrets
 import statistics
@@ -142,6 +144,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-i", "--inventory", type=Path, default=REPO / "inventories" / "local")
     parser.add_argument("--users", type=int, default=20)
+    parser.add_argument(
+        "--sequential-only",
+        action="store_true",
+        help="only the starts one after another (a shared bed: no burst of N starts at once)",
+    )
     args = parser.parse_args()
     bed = Bed(args.inventory.resolve())
     password = "bench-" + secrets.token_hex(8)
@@ -159,27 +166,33 @@ def main() -> None:
             done.wait(2)
 
     sampler = threading.Thread(target=sample, daemon=True)
+    load_at_start = list(os.getloadavg())
     sampler.start()
     sequential, sequential_nodes = [], []
     for name, token in users.items():
         sequential.append(bed.start(name, token))
         sequential_nodes.append(bed.nodes().get(name, "hub"))
         bed.stop(name, token)
-    with ThreadPoolExecutor(max_workers=len(users)) as pool:
-        concurrent = list(pool.map(lambda item: bed.start(*item), users.items()))
-    running = bed.nodes()
-    concurrent_nodes = [running.get(name, "hub") for name in users]
-    for name, token in users.items():
-        bed.stop(name, token)
+    concurrent: list[float] = []
+    concurrent_nodes: list[str] = []
+    if not args.sequential_only:
+        with ThreadPoolExecutor(max_workers=len(users)) as pool:
+            concurrent = list(pool.map(lambda item: bed.start(*item), users.items()))
+        running = bed.nodes()
+        concurrent_nodes = [running.get(name, "hub") for name in users]
+        for name, token in users.items():
+            bed.stop(name, token)
     done.set()
     sampler.join()
     cpu_percent = [100 * (b[1] - a[1]) / (b[0] - a[0]) for a, b in itertools.pairwise(samples) if b[0] > a[0]]
     result: dict[str, Any] = {
         "time": datetime.now().isoformat(timespec="seconds"),
-        "machine": {"cpus": __import__("os").cpu_count(), "python": platform.python_version()},
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "users": args.users,
         "sequential_s": summary(sequential),
-        "concurrent_s": summary(concurrent),
+        "concurrent_s": summary(concurrent) if concurrent else None,
+        # the machine's 1/5/15-minute load when the starts began and when they ended
+        "load_average": {"start": load_at_start, "end": list(os.getloadavg())},
         "hub_cpu_percent": {"mean": round(statistics.mean(cpu_percent), 1), "max": round(max(cpu_percent), 1)}
         if cpu_percent
         else {},

@@ -20,9 +20,13 @@ job; the script arrives on sbatch's standard input.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import math
 import re
 import shlex
+import time
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +38,15 @@ ALIVE_STATES = frozenset({"PENDING", "CONFIGURING", "RUNNING", "RESIZING", "SUSP
 SQUEUE_FORMAT = "%i|%T|%N|%r|%k"
 # The log of a server's job, relative to the user's home (the shared filesystem).
 LOG_DIR = ".sciplat/logs"
+# How often the hub asks: often at first (a job on a free node reports its port
+# within a second or two, a server answers a few seconds later), less often
+# when it takes longer, never less often than every POLL_MOST seconds.
+POLL_FIRST = 0.1
+POLL_FACTOR = 1.5
+POLL_MOST = 1.0
+# While it waits for the server to answer, the hub reads the job's state this
+# often, so that a server that dies at start is reported with its log at once.
+JOB_CHECK_EVERY = 2.0
 
 
 class SlurmError(RuntimeError):
@@ -306,3 +319,73 @@ def pending_message(status: JobStatus, size: str, seconds: int) -> str:
         f"(Slurm job {status.job_id} was {status.state.lower()}, reason: {reason}). "
         "Try a smaller size, or again later."
     )
+
+
+# ------------------------------------------------------------------ waiting for the server
+
+
+def poll_delays(first: float = POLL_FIRST, factor: float = POLL_FACTOR, most: float = POLL_MOST) -> Iterator[float]:
+    """The pauses between two polls: FIRST, then FACTOR times longer each time, at most MOST."""
+    if first <= 0 or factor < 1 or most < first:
+        raise ValueError(f"poll schedule first={first} factor={factor} most={most} does not grow from first to most")
+    delay = first
+    while True:
+        yield delay
+        delay = min(most, delay * factor)
+
+
+async def server_answers(host: str, port: int, path: str, timeout: float = 2.0) -> bool:
+    """Whether an HTTP server at HOST:PORT answers GET PATH with a status below 500.
+
+    The same test as JupyterHub's own wait for a new server (any answer but a
+    5xx counts), made with a plain connection: a refused or silent port is False.
+    """
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+    except (OSError, TimeoutError):
+        return False
+    try:
+        request = f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\n\r\n"
+        writer.write(request.encode())
+        await writer.drain()
+        line = await asyncio.wait_for(reader.readline(), timeout)
+    except (OSError, TimeoutError):
+        return False
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+    parts = line.split()
+    return len(parts) >= 2 and parts[0].startswith(b"HTTP/") and parts[1].isdigit() and int(parts[1]) < 500
+
+
+async def wait_until_answers(
+    answers: Callable[[], Awaitable[bool]],
+    job_alive: Callable[[], Awaitable[bool]],
+    deadline: float,
+    *,
+    delays: Iterator[float] | None = None,
+    job_check_every: float = JOB_CHECK_EVERY,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+) -> str:
+    """Poll ANSWERS until it is true: "answers"; "ended" if JOB_ALIVE says no; "timeout" at DEADLINE.
+
+    JupyterHub's own wait for a new server backs off to pauses of up to 5 s
+    (random, 2.5 s on average once a server takes a few seconds to start); the
+    spawner waits here with short pauses instead, so that the hub's wait finds
+    the server up at its first try.
+    """
+    delays = delays if delays is not None else poll_delays(most=0.5)
+    next_job_check = clock() + job_check_every
+    while True:
+        if await answers():
+            return "answers"
+        now = clock()
+        if now >= next_job_check:
+            if not await job_alive():
+                return "ended"
+            next_job_check = now + job_check_every
+        if now >= deadline:
+            return "timeout"
+        await sleep(min(next(delays), max(0.0, deadline - now)))

@@ -256,6 +256,7 @@ class SciplatSlurmSpawner(SciplatSystemdSpawner):
         # give up a little before JupyterHub's own start_timeout, with the reason Slurm gives
         deadline = time.monotonic() + max(10, int(self.start_timeout) - 5)
         status = hub_slurm.JobStatus(self.job_id, "PENDING")
+        delays = hub_slurm.poll_delays()  # sub-second at first: most jobs start at once
         while time.monotonic() < deadline:
             try:
                 status = await self._job_status(self.job_id)
@@ -268,15 +269,51 @@ class SciplatSlurmSpawner(SciplatSystemdSpawner):
                         "server %s of %s: job %s on %s (%s) port %s",
                         self.name or "default", self.user.name, self.job_id, status.node, address, status.port,
                     )  # fmt: skip
-                    return f"http://{address}:{status.port}"
+                    prefix = str(env.get("JUPYTERHUB_SERVICE_PREFIX") or "/")
+                    status = await self._wait_until_answers(status, address, prefix, deadline)
+                    if status.alive:
+                        return f"http://{address}:{status.port}"
                 if not status.alive:
                     tail = await self._log_tail(self.user.name, request.log_file(self.job_id))
                     self.job_id = ""
                     raise RuntimeError(hub_slurm.start_failure_message(status, tail, request.log_file(status.job_id)))
-            await asyncio.sleep(1)
+            await asyncio.sleep(next(delays))
         await self._cancel(self.job_id, wait=False)  # the message now, not after JupyterHub's own timeout
         self.job_id = ""
         raise RuntimeError(hub_slurm.pending_message(status, profile_label(profile), int(self.start_timeout)))
+
+    async def _wait_until_answers(
+        self, status: hub_slurm.JobStatus, address: str, prefix: str, deadline: float
+    ) -> hub_slurm.JobStatus:
+        """Wait, polling often, until the job's server answers (or its job ended); its last status.
+
+        The hub's own wait after `start` returns backs off to pauses of several
+        seconds; this one finds the server up within a fraction of a second.
+        Past the deadline the hub's own wait (http_timeout) takes over.
+        """
+        began = time.monotonic()
+        port = int(status.port or 0)
+        last = status
+
+        async def job_alive() -> bool:
+            nonlocal last
+            try:
+                last = await self._job_status(status.job_id)
+            except hub_slurm.SlurmError as exc:  # slurmctld busy: keep waiting for the server
+                self.log.warning("server of %s: %s", self.user.name, exc)
+                return True
+            return last.alive
+
+        outcome = await hub_slurm.wait_until_answers(
+            lambda: hub_slurm.server_answers(address, port, f"{prefix.rstrip('/')}/api"), job_alive, deadline
+        )
+        self.log.info(
+            "server %s of %s: job %s %s after %.2f s",
+            self.name or "default", self.user.name, status.job_id,
+            {"answers": "answered", "ended": "ended", "timeout": "did not answer yet"}[outcome],
+            time.monotonic() - began,
+        )  # fmt: skip
+        return last if outcome == "ended" else status
 
     def _save_state(self) -> None:
         # the job id reaches the hub's database at once: a hub restart during the start

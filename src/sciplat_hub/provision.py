@@ -19,11 +19,19 @@ skipped with a log line otherwise (the component is not deployed, or not yet).
 6. ``sharing``: links ``~/shared/<owner>/<name>`` to what is shared with the user
    (a failure is only logged).
 
+Steps 1 and 2 run one after the other: everything after them needs the uid,
+the groups and the home they make. Steps 3 to 6 need only those, not each
+other (their own services: radosgw, PostgreSQL, slurmdbd), so they run at the
+same time (`Concurrently`), each on its own copy of what 1 and 2 learnt; the
+user waits for the slowest of them instead of their sum.
+
 Every step is idempotent, so a failure is retried in full at the next sign-in:
 the server does not start until every available step succeeded, and the user
-sees a plain sentence saying what failed. What the steps produce (S3 keys,
-``PG*`` variables, ``SCIPLAT_HOME_BUCKET`` …) is printed as JSON and goes into
-the user's server environment.
+sees a plain sentence saying what failed (every step of a concurrent group that
+failed, by name; the group's other steps still finish, and nothing any of them
+produced reaches the server). What the steps produce (S3 keys, ``PG*``
+variables, ``SCIPLAT_HOME_BUCKET`` …) is printed as JSON and goes into the
+user's server environment.
 """
 
 from __future__ import annotations
@@ -37,8 +45,10 @@ import pwd
 import re
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -104,29 +114,77 @@ class StepFailed(Exception):
     """A step could not finish; the message is shown to the user."""
 
 
-def run_steps(ctx: Context, steps: Sequence[Step]) -> Result:
-    """Run the available steps in order; stop at the first failure."""
-    reports: list[StepReport] = []
-    for step in steps:
+class Concurrently:
+    """Steps that need what the steps before them made, but nothing from each other.
+
+    They run at the same time, each on its own copy of the context; what they
+    add to the environment is merged in the order listed, and only when every
+    one of them succeeded.
+    """
+
+    def __init__(self, *steps: Step) -> None:
+        self.steps = tuple(steps)
+
+    def __repr__(self) -> str:
+        return f"Concurrently({', '.join(step.name for step in self.steps)})"
+
+
+Plan = Sequence[Step | Concurrently]
+
+
+def _failure_message(failed: list[StepReport]) -> str:
+    if len(failed) == 1:
+        what = f"the {failed[0].name} step failed ({failed[0].detail})"
+    else:
+        names = ", ".join(r.name for r in failed[:-1]) + f" and {failed[-1].name}"
+        what = f"the {names} steps failed (" + "; ".join(f"{r.name}: {r.detail}" for r in failed) + ")"
+    return (
+        f"Your account could not be prepared: {what}. "
+        "Nothing is lost; it is tried again when you next start a server. "
+        "If this keeps happening, tell the platform's operators."
+    )
+
+
+def _run_one(ctx: Context, step: Step) -> StepReport:
+    """Check and run one step; every outcome becomes a report (nothing raises)."""
+    try:
         reason = step.available()
-        if reason is not None:
-            log.info("provision %s: step %s skipped: %s", ctx.username, step.name, reason)
-            reports.append(StepReport(step.name, "skipped", reason))
-            continue
-        try:
-            step.run(ctx)
-        except Exception as exc:  # every failure becomes a message; the next sign-in retries
-            log.exception("provision %s: step %s failed", ctx.username, step.name)
-            detail = str(exc) or type(exc).__name__
-            reports.append(StepReport(step.name, "failed", detail))
-            message = (
-                f"Your account could not be prepared: the {step.name} step failed ({detail}). "
-                "Nothing is lost; it is tried again when you next start a server. "
-                "If this keeps happening, tell the platform's operators."
-            )
-            return Result(ctx.username, False, {}, reports, message)
-        log.info("provision %s: step %s done", ctx.username, step.name)
-        reports.append(StepReport(step.name, "done"))
+    except Exception as exc:  # a broken availability check is the step's failure, not the run's
+        log.exception("provision %s: step %s could not be checked", ctx.username, step.name)
+        return StepReport(step.name, "failed", str(exc) or type(exc).__name__)
+    if reason is not None:
+        log.info("provision %s: step %s skipped: %s", ctx.username, step.name, reason)
+        return StepReport(step.name, "skipped", reason)
+    began = time.monotonic()
+    try:
+        step.run(ctx)
+    except Exception as exc:  # every failure becomes a message; the next sign-in retries
+        log.exception("provision %s: step %s failed", ctx.username, step.name)
+        return StepReport(step.name, "failed", str(exc) or type(exc).__name__)
+    log.info("provision %s: step %s done in %.2f s", ctx.username, step.name, time.monotonic() - began)
+    return StepReport(step.name, "done")
+
+
+def _run_concurrently(ctx: Context, group: Concurrently) -> list[StepReport]:
+    """Run GROUP's steps at the same time; merge their environments only if none failed."""
+    copies = [replace(ctx, env={}, groups=list(ctx.groups), group_gids=dict(ctx.group_gids)) for _ in group.steps]
+    with ThreadPoolExecutor(max_workers=max(1, len(group.steps)), thread_name_prefix="provision") as pool:
+        reports = list(pool.map(_run_one, copies, group.steps))
+    if all(report.status != "failed" for report in reports):
+        for copy in copies:  # in the order listed: a later step's name wins, as in a sequence
+            ctx.env.update(copy.env)
+    return reports
+
+
+def run_steps(ctx: Context, steps: Plan) -> Result:
+    """Run the available steps in order (a `Concurrently` group at once); stop at the first failure."""
+    reports: list[StepReport] = []
+    for item in steps:
+        done = _run_concurrently(ctx, item) if isinstance(item, Concurrently) else [_run_one(ctx, item)]
+        reports.extend(done)
+        failed = [report for report in done if report.status == "failed"]
+        if failed:
+            return Result(ctx.username, False, {}, reports, _failure_message(failed))
     return Result(ctx.username, True, dict(ctx.env), reports)
 
 
@@ -348,16 +406,14 @@ class SharingStep(_ComponentStep):
             log.warning("provision %s: no links to what is shared with them", ctx.username, exc_info=True)
 
 
-def default_steps() -> list[Step]:
+def default_steps() -> list[Step | Concurrently]:
     return [
         DirectoryStep(),
         LocalAccountStep(),
         PosixStep(),
         LocalHomeStep(),
-        StorageStep(),
-        MyDBStep(),
-        SlurmStep(),
-        SharingStep(),
+        # each needs the account and the home above, none needs another's result
+        Concurrently(StorageStep(), MyDBStep(), SlurmStep(), SharingStep()),
     ]
 
 
@@ -368,7 +424,7 @@ def load_settings(path: Path = SETTINGS_FILE) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def provision(username: str, *, display_name: str = "", email: str = "", steps: Sequence[Step] | None = None) -> Result:
+def provision(username: str, *, display_name: str = "", email: str = "", steps: Plan | None = None) -> Result:
     if not USERNAME.match(username):
         report = StepReport("username", "failed", f"{username!r} is not a valid account name")
         message = (

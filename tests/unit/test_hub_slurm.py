@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import os
 import subprocess
 import sys
@@ -219,6 +221,93 @@ def test_messages_say_what_happened() -> None:
     assert "job 30 ended (FAILED)" in text and "/home/a/x-30.log" in text and "ModuleNotFoundError" in text
     waiting = hub_slurm.pending_message(hub_slurm.JobStatus("31", "PENDING", reason="Resources"), "large", 115)
     assert "size large within 115 s" in waiting and "reason: Resources" in waiting
+
+
+# ------------------------------------------------------------------ waiting for the job and the server
+
+
+def test_the_poll_schedule_is_sub_second_at_first_then_backs_off_to_a_second() -> None:
+    delays = list(itertools.islice(hub_slurm.poll_delays(), 12))
+    assert delays[0] <= 0.1
+    assert delays == sorted(delays) and delays[-1] == 1.0 and max(delays) == 1.0
+    elapsed = list(itertools.accumulate(delays))
+    assert len([t for t in elapsed if t <= 1.5]) >= 5, f"squeue is asked often in the first second: {elapsed}"
+    # a job that reports its port at 1.1 s is seen within 0.5 s (the old fixed 1 s pause: up to 1 s)
+    first_after = next(t for t in elapsed if t >= 1.1)
+    assert first_after - 1.1 < 0.5, elapsed
+    with pytest.raises(ValueError, match="poll schedule"):
+        next(hub_slurm.poll_delays(first=0))
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.slept: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+
+
+def _wait(answers_at: float | None, ends_at: float | None, deadline: float) -> tuple[str, FakeClock, list[float]]:
+    clock = FakeClock()
+    job_checks: list[float] = []
+
+    async def answers() -> bool:
+        return answers_at is not None and clock.now >= answers_at
+
+    async def alive() -> bool:
+        job_checks.append(clock.now)
+        return ends_at is None or clock.now < ends_at
+
+    outcome = asyncio.run(
+        hub_slurm.wait_until_answers(answers, alive, deadline, clock=clock, sleep=clock.sleep, job_check_every=2.0)
+    )
+    return outcome, clock, job_checks
+
+
+def test_the_spawner_sees_its_server_answer_within_half_a_second() -> None:
+    outcome, clock, _ = _wait(answers_at=6.0, ends_at=None, deadline=100)
+    assert outcome == "answers"
+    assert 6.0 <= clock.now < 6.5, "JupyterHub's own backoff could be seconds late here"
+    assert max(clock.slept) <= 0.5
+
+
+def test_a_server_that_dies_at_start_is_noticed_within_the_job_check_interval() -> None:
+    outcome, clock, checks = _wait(answers_at=None, ends_at=3.0, deadline=100)
+    assert outcome == "ended" and 3.0 <= clock.now <= 5.5
+    assert all(b - a >= 2.0 for a, b in itertools.pairwise(checks)), "squeue is not asked at every poll"
+
+
+def test_waiting_stops_at_the_deadline_and_leaves_the_rest_to_the_hub() -> None:
+    outcome, clock, _ = _wait(answers_at=None, ends_at=None, deadline=7.25)
+    assert outcome == "timeout" and clock.now == pytest.approx(7.25)
+
+
+def test_server_answers_counts_any_answer_but_a_5xx_and_not_a_closed_port() -> None:
+    async def scenario() -> list[bool]:
+        statuses = iter([b"HTTP/1.1 200 OK", b"HTTP/1.1 403 Forbidden", b"HTTP/1.1 502 Bad Gateway", b"garbage"])
+        paths: list[bytes] = []
+
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            paths.append((await reader.readline()).split()[1])
+            writer.write(next(statuses) + b"\r\nContent-Length: 0\r\n\r\n")
+            await writer.drain()
+            writer.close()
+
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        async with server:
+            seen = [await hub_slurm.server_answers("127.0.0.1", port, "/user/alice/api") for _ in range(4)]
+        assert paths == [b"/user/alice/api"] * 4
+        # nothing listens there any more
+        seen.append(await hub_slurm.server_answers("127.0.0.1", port, "/user/alice/api", timeout=1))
+        return seen
+
+    assert asyncio.run(scenario()) == [True, True, False, False, False]
 
 
 @pytest.mark.parametrize("text", ["50000", "50999-50000", "80-90", "a-b", "50000-70000"])

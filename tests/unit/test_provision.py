@@ -151,3 +151,105 @@ def test_tutorial_users_expire_after_their_lifetime() -> None:
         {"name": "alice", "created": "2020-01-01T00:00:00Z"},
     ]
     assert expired(users, 3600, now) == ["tutorial-0a1b2c3d"]
+
+
+# ------------------------------------------------------------------ steps that run at the same time
+
+
+@dataclass
+class SlowStep(FakeStep):
+    """A fake step that takes a while (a call to radosgw, PostgreSQL or slurmdbd)."""
+
+    seconds: float = 0.3
+    started: list[float] = field(default_factory=list)
+
+    def run(self, ctx: Context) -> None:
+        import time
+
+        self.started.append(time.monotonic())
+        time.sleep(self.seconds)
+        super().run(ctx)
+
+
+def test_independent_steps_run_at_the_same_time_after_the_account() -> None:
+    import time
+
+    from sciplat_hub.provision import Concurrently
+
+    seen_uid: list[int | None] = []
+
+    class NeedsAccount(SlowStep):
+        def run(self, ctx: Context) -> None:
+            seen_uid.append(ctx.uid)
+            super().run(ctx)
+
+    storage = NeedsAccount("storage", env={"AWS_ACCESS_KEY_ID": "AK"})
+    mydb = NeedsAccount("mydb", env={"PGUSER": "gina"})
+    slurm = NeedsAccount("slurm", env={"SCIPLAT_SLURM_ACCOUNT": "default"})
+    began = time.monotonic()
+    result = run_steps(Context("gina"), [FakeStep("account"), Concurrently(storage, mydb, slurm)])
+    took = time.monotonic() - began
+    assert result.ok, result.message
+    assert took < 0.8, f"three 0.3 s steps took {took:.2f} s: they ran one after another"
+    assert seen_uid == [20001, 20001, 20001], "every step saw what the account step made"
+    assert result.env == {"AWS_ACCESS_KEY_ID": "AK", "PGUSER": "gina", "SCIPLAT_SLURM_ACCOUNT": "default"}
+    assert [s.name for s in result.steps] == ["account", "storage", "mydb", "slurm"]
+    assert [s.status for s in result.steps] == ["done"] * 4
+
+
+def test_a_failing_concurrent_step_is_named_and_nothing_of_the_others_is_used() -> None:
+    from sciplat_hub.provision import Concurrently
+
+    storage = SlowStep("storage", env={"AWS_SECRET_ACCESS_KEY": "half-made"}, seconds=0.05)
+    mydb = FakeStep("mydb", fail=RuntimeError("PostgreSQL refused the connection"))
+    slurm = SlowStep("slurm", env={"SCIPLAT_SLURM_ACCOUNT": "default"}, seconds=0.05)
+    after = FakeStep("later")
+    result = run_steps(Context("hank"), [FakeStep("account"), Concurrently(storage, mydb, slurm), after])
+    assert not result.ok
+    assert result.env == {}, "nothing of a failed run reaches the server"
+    assert after.calls == [], "a failure stops the steps after the group"
+    assert storage.calls == ["hank"] and slurm.calls == ["hank"], "the group's other steps finish"
+    assert [(s.name, s.status) for s in result.steps] == [
+        ("account", "done"),
+        ("storage", "done"),
+        ("mydb", "failed"),
+        ("slurm", "done"),
+    ]
+    assert "the mydb step failed (PostgreSQL refused the connection)" in result.message
+    assert "tried again" in result.message
+
+
+def test_several_failures_in_a_group_are_all_reported() -> None:
+    from sciplat_hub.provision import Concurrently
+
+    group = Concurrently(
+        FakeStep("storage", fail=RuntimeError("RGW is down")),
+        FakeStep("mydb"),
+        FakeStep("slurm", fail=RuntimeError("slurmdbd is down")),
+    )
+    result = run_steps(Context("ivy"), [FakeStep("account"), group])
+    assert not result.ok and result.env == {}
+    assert "the storage and slurm steps failed (storage: RGW is down; slurm: slurmdbd is down)" in result.message
+
+
+def test_a_skipped_or_broken_check_in_a_group() -> None:
+    from sciplat_hub.provision import Concurrently
+
+    class BrokenCheck(FakeStep):
+        def available(self) -> str | None:
+            raise OSError("permission denied: client.json")
+
+    skipped = FakeStep("slurm", skip="no slurm here")
+    result = run_steps(Context("jo"), [Concurrently(FakeStep("storage", env={"A": "1"}), skipped)])
+    assert result.ok and result.env == {"A": "1"} and skipped.calls == []
+    assert [s.status for s in result.steps] == ["done", "skipped"]
+    broken = run_steps(Context("jo"), [Concurrently(FakeStep("storage"), BrokenCheck("mydb"))])
+    assert not broken.ok and "the mydb step failed (permission denied: client.json)" in broken.message
+
+
+def test_the_real_plan_runs_the_account_and_home_first_then_the_rest_together() -> None:
+    from sciplat_hub.provision import Concurrently
+
+    plan = provision.default_steps()
+    names = [[s.name for s in item.steps] if isinstance(item, Concurrently) else item.name for item in plan]
+    assert names == ["directory", "local_account", "posix", "local_home", ["storage", "mydb", "slurm", "sharing"]]
