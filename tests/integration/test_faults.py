@@ -181,8 +181,13 @@ def test_kill_9_hub(host_of: Callable[[str], Any], user: dict[str, Any], ca_cert
             killed_at,
         )
         assert_restarted_by_systemd(gw, unit, pid, before)
-        cullers = gw.run("pgrep -fc jupyterhub_idle_culler").stdout.strip()
-        print(f"kill -9 of the hub: idle culler processes afterwards: {cullers}")
+        # the services the killed hub had started went with it: one of each, the new hub's
+        for service in ("jupyterhub_idle_culler", "sciplat_hub.hub_tutorial"):
+            wait_for(
+                f"one {service} (the new hub's)",
+                lambda service=service: gw.run(f"pgrep -fc 'python -m {service} '").stdout.strip() == "1",
+                timeout=60,
+            )
     finally:
         heal(gw, unit)
 
