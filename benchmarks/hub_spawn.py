@@ -3,7 +3,8 @@
 Makes N users (native sign-up, approved with `sciplat users approve`, a token
 with `sciplat token`), then starts their default servers one after another and
 then all at once (not with --sequential-only), timing each from the POST until
-the hub reports the server ready, and notes where each server runs: the compute
+the hub reports the server ready (one after another: each once the previous
+one's Slurm job has left the queue), and notes where each server runs: the compute
 node of its Slurm job (hub_spawner slurm) or "hub" (a systemd unit on the hub
 host). Samples the hub process's CPU and memory meanwhile, and notes the
 machine's load average. Stops the servers afterwards. Writes
@@ -97,6 +98,25 @@ class Bed:
                 return
             time.sleep(0.5)
 
+    def wait_job_gone(self, name: str, timeout: float = 60) -> float:
+        """Seconds until the user's server job has left squeue (its node no longer COMPLETING it).
+
+        Slurm starts no new job on a node while a job there is completing, so without this
+        wait a start right after a stop measures the previous server's shutdown too.
+        """
+        began = time.monotonic()
+        while time.monotonic() - began < timeout:
+            out = subprocess.run(
+                [*self.ssh, f"squeue --noheader --user={name} --format=%i 2>/dev/null || echo unknown"],
+                capture_output=True,
+                text=True,
+                check=False,
+            ).stdout
+            if not out.strip():
+                break
+            time.sleep(0.5)
+        return time.monotonic() - began
+
     def nodes(self) -> dict[str, str]:
         """User -> compute node of their running default server's Slurm job (squeue on the hub host)."""
         out = subprocess.run(
@@ -168,11 +188,12 @@ def main() -> None:
     sampler = threading.Thread(target=sample, daemon=True)
     load_at_start = list(os.getloadavg())
     sampler.start()
-    sequential, sequential_nodes = [], []
+    sequential, sequential_nodes, teardown = [], [], []
     for name, token in users.items():
         sequential.append(bed.start(name, token))
         sequential_nodes.append(bed.nodes().get(name, "hub"))
         bed.stop(name, token)
+        teardown.append(round(bed.wait_job_gone(name), 2))
     concurrent: list[float] = []
     concurrent_nodes: list[str] = []
     if not args.sequential_only:
@@ -206,6 +227,8 @@ def main() -> None:
             "sequential": sequential,
             "concurrent": concurrent,
             "sequential_nodes": sequential_nodes,
+            # seconds from the hub's "stopped" until the job had left squeue (not timed as a start)
+            "sequential_teardown": teardown,
             "concurrent_nodes": concurrent_nodes,
         },
     }

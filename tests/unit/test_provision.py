@@ -253,3 +253,29 @@ def test_the_real_plan_runs_the_account_and_home_first_then_the_rest_together() 
     plan = provision.default_steps()
     names = [[s.name for s in item.steps] if isinstance(item, Concurrently) else item.name for item in plan]
     assert names == ["directory", "local_account", "posix", "local_home", ["storage", "mydb", "slurm", "sharing"]]
+
+
+def test_the_slurm_step_makes_the_default_association_first_with_no_repeated_query(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from sciplat_hub import slurm_accounts
+    from tests.unit.test_slurm_accounts import FakeSlurm
+
+    fake = FakeSlurm()
+    fake.accounts["default"] = {"description": "group default"}  # made by the first user ever
+    accounts = slurm_accounts.SlurmAccounts(cluster="bed", default_limits={"cpus": 4}, runner=fake)
+    monkeypatch.setattr(slurm_accounts.SlurmAccounts, "from_host_config", classmethod(lambda cls: accounts))
+    ctx = Context("kim", groups=["astro"], settings={"slurm_default_account": "default"})
+    provision.SlurmStep().run(ctx)
+    assert ctx.env["SCIPLAT_SLURM_ACCOUNT"] == "default"
+    assert set(fake.accounts) == {"default", "astro"}
+    # the default account's association first: Slurm makes a user's first association their default
+    assert list(fake.assocs) == [("default", "kim"), ("astro", "kim")]
+    default_calls = fake.calls[: next(i for i, call in enumerate(fake.calls) if "name=astro" in call)]
+    verbs = [call[3] if call[3] == "show" else call[2] for call in default_calls]
+    # a first start under an existing account: is there an account, an association; add; set limits
+    assert verbs == ["show", "show", "add", "modify"], default_calls
+    fake.calls.clear()
+    provision.SlurmStep().run(ctx)  # a returning user: queries only
+    assert not [call for call in fake.calls if "add" in call or "modify" in call]
+    assert len(fake.calls) == 4, fake.calls  # per account: the account, the association
