@@ -269,11 +269,11 @@ def _wait(answers_at: float | None, ends_at: float | None, deadline: float) -> t
     return outcome, clock, job_checks
 
 
-def test_the_spawner_sees_its_server_answer_within_half_a_second() -> None:
+def test_the_spawner_sees_its_server_answer_within_a_fifth_of_a_second() -> None:
     outcome, clock, _ = _wait(answers_at=6.0, ends_at=None, deadline=100)
     assert outcome == "answers"
-    assert 6.0 <= clock.now < 6.5, "JupyterHub's own backoff could be seconds late here"
-    assert max(clock.slept) <= 0.5
+    assert 6.0 <= clock.now <= 6.2, "JupyterHub's own backoff could be seconds late here"
+    assert max(clock.slept) <= 0.2
 
 
 def test_a_server_that_dies_at_start_is_noticed_within_the_job_check_interval() -> None:
