@@ -27,6 +27,7 @@ import time
 from typing import Any
 
 from systemdspawner import SystemdSpawner
+from tornado import web
 from traitlets import Dict, Integer, List, Unicode, default
 
 from sciplat_hub import hub_slurm
@@ -44,7 +45,7 @@ def pick_profile(profiles: list[dict[str, Any]], requested: str | None) -> dict[
             if profile["name"] == requested:
                 return profile
         names = ", ".join(p["name"] for p in profiles)
-        raise ValueError(f"There is no server size {requested!r}; choose one of: {names}.")
+        raise StartFailed(f"There is no server size {requested!r}; choose one of: {names}.")
     for profile in profiles:
         if profile.get("default"):
             return profile
@@ -57,6 +58,22 @@ def profile_label(profile: dict[str, Any]) -> str:
     size = f"{gib:g} GiB" if gib >= 1 else f"{memory // 1024**2} MiB"
     cpus = float(profile["cpus"])
     return f"{profile['name']}: {cpus:g} CPU{'s' if cpus != 1 else ''}, {size} memory"
+
+
+class StartFailed(web.HTTPError):
+    """A server could not start; its sentence is what the user reads.
+
+    JupyterHub shows `jupyterhub_message` on the spawn page and in the progress
+    events, and the log message of an HTTPError in the API's answer: for any
+    other exception an API client got only {"status": 500, "message": "error"}.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(500, "%s", message)  # the message itself may hold a %
+        self.jupyterhub_message = message
+
+    def __str__(self) -> str:
+        return self.jupyterhub_message
 
 
 class SciplatSystemdSpawner(SystemdSpawner):  # type: ignore[misc]
@@ -231,7 +248,7 @@ class SciplatSlurmSpawner(SciplatSystemdSpawner):
         try:
             account = pwd.getpwnam(self.user.name)
         except KeyError:
-            raise RuntimeError(f"There is no account {self.user.name} on the hub host; sign in again.") from None
+            raise StartFailed(f"There is no account {self.user.name} on the hub host; sign in again.") from None
         request = self._job_request(account.pw_dir)
         env = hub_slurm.server_environment(
             self.get_env(), user=self.user.name, home=account.pw_dir, notebook_prefix=self.notebook_prefix
@@ -240,7 +257,7 @@ class SciplatSlurmSpawner(SciplatSystemdSpawner):
             ["/usr/sbin/runuser", "-u", self.user.name, "--", "mkdir", "-p", request.log_dir], env=env, timeout=30
         )
         if code != 0:
-            raise RuntimeError(f"Your home directory is not writable ({err.strip()[:200]}).")
+            raise StartFailed(f"Your home directory is not writable ({err.strip()[:200]}).")
         code, out, err = await _run_split(
             hub_slurm.sbatch_argv(request),
             stdin=hub_slurm.job_script(request),
@@ -248,7 +265,7 @@ class SciplatSlurmSpawner(SciplatSystemdSpawner):
             timeout=self.slurm_command_timeout,
         )
         if code != 0:
-            raise RuntimeError(f"Slurm refused your server's job: {(err or out).strip()[:400]}")
+            raise StartFailed(f"Slurm refused your server's job: {(err or out).strip()[:400]}")
         self.job_id = hub_slurm.parse_job_id(out)
         self.log.info("server %s of %s: Slurm job %s submitted", self.name or "default", self.user.name, self.job_id)
         self._save_state()
@@ -276,11 +293,11 @@ class SciplatSlurmSpawner(SciplatSystemdSpawner):
                 if not status.alive:
                     tail = await self._log_tail(self.user.name, request.log_file(self.job_id))
                     self.job_id = ""
-                    raise RuntimeError(hub_slurm.start_failure_message(status, tail, request.log_file(status.job_id)))
+                    raise StartFailed(hub_slurm.start_failure_message(status, tail, request.log_file(status.job_id)))
             await asyncio.sleep(next(delays))
         await self._cancel(self.job_id, wait=False)  # the message now, not after JupyterHub's own timeout
         self.job_id = ""
-        raise RuntimeError(hub_slurm.pending_message(status, profile_label(profile), int(self.start_timeout)))
+        raise StartFailed(hub_slurm.pending_message(status, profile_label(profile), int(self.start_timeout)))
 
     async def _wait_until_answers(
         self, status: hub_slurm.JobStatus, address: str, prefix: str, deadline: float
@@ -379,7 +396,7 @@ async def ensure_tutorial_account(name: str) -> None:
         "--shell", "/usr/sbin/nologin", "--user-group", name,
     )  # fmt: skip
     if code != 0:
-        raise RuntimeError(f"The tutorial session could not be prepared ({out.strip()[:200]}).")
+        raise StartFailed(f"The tutorial session could not be prepared ({out.strip()[:200]}).")
 
 
 async def provision_hook(spawner: Any) -> None:
@@ -402,7 +419,7 @@ async def provision_hook(spawner: Any) -> None:
         out, err = await asyncio.wait_for(proc.communicate(), timeout)
     except TimeoutError:
         proc.kill()
-        raise RuntimeError(
+        raise StartFailed(
             f"Preparing your account took longer than {timeout} s. It is tried again when you next start a server."
         ) from None
     for line in err.decode(errors="replace").splitlines():
@@ -415,5 +432,5 @@ async def provision_hook(spawner: Any) -> None:
         message = result.get("message") or (
             "Your account could not be prepared (internal error). It is tried again when you next start a server."
         )
-        raise RuntimeError(message)
+        raise StartFailed(message)
     spawner.environment = {**spawner.environment, **result.get("env", {})}
