@@ -42,6 +42,7 @@ import hmac
 import http.client
 import json
 import os
+import pwd
 import shutil
 import socket
 import ssl
@@ -999,27 +1000,58 @@ def _restore_slurm(settings: Settings, to: dt.datetime | None) -> dict[str, Any]
                 raise BackupError(f"mariadb refused the dump: {process.stderr.strip()[-300:]}")
         finally:
             _systemctl("start", service)
-    _reload_slurm_associations(settings)
-    return {"restored": "slurm", "snapshot": snapshot["short_id"], "time": snapshot["time"]}
+    reloaded = _reload_slurm_associations(settings)
+    return {"restored": "slurm", "snapshot": snapshot["short_id"], "time": snapshot["time"], **reloaded}
 
 
-def _reload_slurm_associations(settings: Settings) -> None:
-    """slurmctld reads the restored associations.
+def _reload_slurm_associations(settings: Settings) -> dict[str, Any]:
+    """slurmctld reads the restored associations, with every user mapped to their uid.
 
     The restore replaced slurmdbd's tables behind slurmctld's back: slurmctld
     still enforces the associations it had cached, so a restored user's jobs
     were refused ("Invalid account or account/partition combination") until
-    it restarted. It restarts once slurmdbd answers; running jobs carry on.
+    it restarted. It maps each association's user name to a uid when it loads
+    them, and a name the host cannot resolve then (SSSD offline while slapd
+    was being restored, or a negative cache entry) leaves that user without a
+    default account until the next restart: so SSSD goes online and forgets
+    what it cached, the users are waited for, and then slurmctld restarts.
+    Running jobs carry on.
     """
     controller = str(settings.slurm.get("controller_service", "slurmctld"))
     if subprocess.run(["systemctl", "is-active", "--quiet", controller], check=False).returncode != 0:
-        return  # no controller on this host, or it is stopped on purpose: it reads them when it starts
+        return {}  # no controller on this host, or it is stopped on purpose: it reads them when it starts
     timeout = float(settings.slurm.get("ready_timeout", 120))
     _wait_until(lambda: _answers(["sacctmgr", "--noheader", "show", "cluster"]) is not None, timeout,
                 "slurmdbd did not answer after the restore; restart slurmctld once it does")  # fmt: skip
+    users = [u for u in (_answers(["sacctmgr", "-nP", "show", "user", "format=user"]) or "").split() if u != "root"]
+    if subprocess.run(["systemctl", "is-active", "--quiet", "sssd"], check=False).returncode == 0:
+        subprocess.run(["systemctl", "kill", "--signal=SIGUSR2", "sssd"], capture_output=True, check=False)
+        subprocess.run(["sss_cache", "-E"], capture_output=True, check=False)
+    unresolved = _unresolved(users, float(settings.slurm.get("users_timeout", 60)))
     _systemctl("restart", controller)
     _wait_until(lambda: "is UP" in (_answers(["scontrol", "ping"]) or ""), timeout,
                 "slurmctld did not answer after its restart; see `journalctl -u slurmctld`")  # fmt: skip
+    # users the directory does not know (deleted since): their associations wait for them
+    return {"users": len(users), "unresolved_users": unresolved[:20]}
+
+
+def _unresolved(users: list[str], timeout: float) -> list[str]:
+    """The users that still have no account on this host after waiting up to `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    missing = list(users)
+    while True:
+        missing = [user for user in missing if not _resolves(user)]
+        if not missing or time.monotonic() > deadline:
+            return missing
+        time.sleep(2)
+
+
+def _resolves(user: str) -> bool:
+    try:
+        pwd.getpwnam(user)
+    except KeyError:
+        return False
+    return True
 
 
 def _answers(argv: list[str]) -> str | None:
@@ -1118,6 +1150,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     stop = sub.add_parser("scratch-stop", help="stop and remove a copy made by restore db --into")
     stop.add_argument("into", type=Path)
     sub.add_parser("archive-check", help="db: switch WAL and wait until it is archived")
+    sub.add_parser(
+        "slurm-reload", help="slurm: slurmctld reloads its associations once their users resolve on this host"
+    )
     args = parser.parse_args(argv)
 
     try:
@@ -1151,6 +1186,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             _print(resume(settings, args.what), args.json)
         elif args.command == "scratch-stop":
             _print(scratch_stop(settings, args.into), args.json)
+        elif args.command == "slurm-reload":
+            _print(_reload_slurm_associations(settings), args.json)
         elif args.command == "archive-check":
             archive_check(settings)
             _print({"archived": True}, args.json)
