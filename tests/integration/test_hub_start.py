@@ -20,13 +20,9 @@ from typing import Any
 import pytest
 
 from tests.integration.test_hub import api, new_approved_user, start_server
+from tests.integration.test_hub_slurm import _spawner_is_slurm
 
 REFUSAL = "sciplat-test: this server refuses to start"
-
-
-def _spawner_is_slurm(host_of: Callable[[str], Any]) -> bool:
-    settings = host_of("gw").run("cat /etc/jupyterhub/sciplat.json")
-    return settings.rc == 0 and json.loads(settings.stdout).get("spawner") == "slurm"
 
 
 @pytest.fixture(scope="module")
